@@ -181,7 +181,7 @@ class NotFoundError(MainspringError):
 
 
 class ConflictError(MainspringError):
-    """The request conflicts with the current state: a duplicate key, a stale version (409 / ALREADY_EXISTS)."""
+    """The request conflicts with current state: a duplicate key, a stale version (409 / ALREADY_EXISTS)."""
 
     code = "conflict"
     http_status = 409
