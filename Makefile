@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON ?= python3.11
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# uv from PATH, else the copy `make bootstrap` installs with pip (run as a module, wherever pip put it).
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen --all-extras
 
 .PHONY: help bootstrap sync lint format typecheck test unit integration demo bench clean
@@ -14,8 +15,8 @@ help:
 	@echo "make bench  - run the benchmarks (not part of make test)"
 
 bootstrap:
-	@command -v uv >/dev/null 2>&1 || test -x "$(HOME)/.local/bin/uv" || \
-		python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+		python3 -m pip install --quiet uv
 
 sync: bootstrap
 	$(UV) sync --frozen --all-extras

@@ -61,24 +61,15 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; a :class:`MainspringError` becomes one line on stderr and exit status 2."""
+    """Run the CLI; a :class:`MainspringError` becomes one line on stderr and exit status 2.
+
+    Usage errors are Typer's own: a usage line on stderr and exit status 2.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="mainspring")
     except MainspringError as exc:
         first_line, *rest = str(exc).splitlines() or [type(exc).__name__]
         typer.echo(f"error: {first_line}", err=True)
         for line in rest:
             typer.echo(line, err=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(1)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
