@@ -13,6 +13,7 @@ import typer
 
 from mainspring import __version__
 from mainspring.cli._config import config_app, show_config
+from mainspring.cli._db import db_app
 from mainspring.errors import MainspringError
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
 
 
 def _print_version(value: bool) -> None:

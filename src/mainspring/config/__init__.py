@@ -14,13 +14,22 @@ line or the variable it came from; secrets are masked everywhere. See ``docs/con
 """
 
 from mainspring.config._loader import load_settings, load_settings_with_sources
-from mainspring.config._sections import LogFileSettings, LoggingSettings
+from mainspring.config._sections import (
+    CacheSettings,
+    DatabaseSettings,
+    DatabaseTLS,
+    LogFileSettings,
+    LoggingSettings,
+)
 from mainspring.config._settings import BUILTIN_PROFILES, CorsSettings, Settings, SupportsProductionCheck
 from mainspring.config._sources import SettingsSources
 
 __all__ = [
     "BUILTIN_PROFILES",
+    "CacheSettings",
     "CorsSettings",
+    "DatabaseSettings",
+    "DatabaseTLS",
     "LogFileSettings",
     "LoggingSettings",
     "Settings",

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Annotated, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mainspring.config._safety import DEV_SECRET_KEY, debug_level_problems, secret_key_problems
-from mainspring.config._sections import LoggingSettings, _Section
+from mainspring.config._sections import (
+    CacheSettings,
+    DatabaseSettings,
+    LoggingSettings,
+    _Section,
+    database_name_problem,
+)
 from mainspring.errors import ConfigProblem
 
 #: Profiles that exist without a file; any other profile needs ``config/<profile>.yaml``.
 BUILTIN_PROFILES: tuple[str, ...] = ("dev", "test", "prod")
+
+
+def _database_name(name: str) -> str:
+    problem = database_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+#: A key of ``Settings.databases``; validated alone so an error shows the name, never the URL.
+DatabaseName = Annotated[str, AfterValidator(_database_name)]
 
 
 @runtime_checkable
@@ -64,6 +81,13 @@ class Settings(BaseSettings):
     )
     cors: CorsSettings = Field(default_factory=CorsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    database: DatabaseSettings = Field(
+        default_factory=DatabaseSettings, description="the default SQL database (named 'default')"
+    )
+    databases: dict[DatabaseName, DatabaseSettings] = Field(
+        default_factory=dict, description="more named SQL databases, e.g. {'reporting': {...}}"
+    )
+    cache: CacheSettings = Field(default_factory=CacheSettings, description="the cache (mainspring.cache)")
 
     @classmethod
     def settings_customise_sources(
@@ -109,6 +133,11 @@ class Settings(BaseSettings):
             )
         problems.extend(debug_level_problems(self.logging.level, sorted(self.logging.levels.items())))
         problems.extend(_section_problems(self, ""))
+        for name, database in self.databases.items():
+            # Sections inside a mapping are not walked by _section_problems.
+            for problem in database.production_problems():
+                path = f"databases.{name}.{problem.path}"
+                problems.append(ConfigProblem(path, problem.reason, problem.value, problem.source))
         return problems
 
 
