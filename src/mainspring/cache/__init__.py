@@ -18,6 +18,8 @@ whatever the concurrency, can serve a stale value when the loader fails, and can
 early in the background. See ``docs/cache.md``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from mainspring.cache._codec import Codec, CodecError, Entry, JsonCodec, MsgpackCodec, PickleCodec, Serializer
 from mainspring.cache._decorators import (
     CacheSource,
@@ -36,7 +38,14 @@ from mainspring.cache._settings import cache_options
 from mainspring.cache._stats import CacheHealth, CacheStats
 from mainspring.cache.base import BaseCache, BytesCache
 from mainspring.cache.memory import MemoryCache
+from mainspring.cache.multilevel import MultiLevelCache
+from mainspring.cache.redis import RedisCache, SyncRedisCache
+from mainspring.cache.strategies import CacheStrategies, MemoryWriteQueue, RedisWriteQueue, WriteBehindStats
+from mainspring.cache.warming import CacheReloader, CacheWarmer, WarmingStats
 from mainspring.config._sections import CacheSettings
+
+if TYPE_CHECKING:
+    from mainspring.cache.query import CacheMissError, QueryCache, QueryCacheMode
 
 __all__ = [
     "BaseCache",
@@ -45,22 +54,35 @@ __all__ = [
     "CacheBackendError",
     "CacheHealth",
     "CacheLoaderTimeoutError",
+    "CacheMissError",
     "CacheOptions",
+    "CacheReloader",
     "CacheSettings",
     "CacheSource",
     "CacheStats",
+    "CacheStrategies",
+    "CacheWarmer",
     "Codec",
     "CodecError",
     "Entry",
     "JsonCodec",
     "KeySpace",
     "MemoryCache",
+    "MemoryWriteQueue",
     "MsgpackCodec",
+    "MultiLevelCache",
     "NoCacheError",
     "PickleCodec",
+    "QueryCache",
+    "QueryCacheMode",
+    "RedisCache",
+    "RedisWriteQueue",
     "Serializer",
     "SupportsSync",
     "SyncCache",
+    "SyncRedisCache",
+    "WarmingStats",
+    "WriteBehindStats",
     "cache_options",
     "cached",
     "canonical",
@@ -70,3 +92,15 @@ __all__ = [
     "invalidate",
     "set_default_cache",
 ]
+
+# The query cache needs SQLAlchemy's ORM, which takes most of a second to import: load it on first use.
+_QUERY_NAMES = frozenset({"CacheMissError", "QueryCache", "QueryCacheMode"})
+
+
+def __getattr__(name: str) -> Any:
+    """Import the query cache's names on first access."""
+    if name in _QUERY_NAMES:
+        from mainspring.cache import query
+
+        return getattr(query, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

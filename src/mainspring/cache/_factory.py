@@ -14,6 +14,8 @@ import pydantic
 
 from mainspring.cache._protocols import Cache
 from mainspring.cache.memory import MemoryCache
+from mainspring.cache.multilevel import MultiLevelCache
+from mainspring.cache.redis import RedisCache
 from mainspring.config._safety import mask_url_password
 from mainspring.config._sections import CacheSettings, cache_url_scheme
 from mainspring.errors import ConfigError, ConfigProblem
@@ -77,23 +79,14 @@ def _memory(settings: CacheSettings, extra: dict[str, str]) -> Cache:
     return MemoryCache.from_settings(settings)
 
 
-def _not_yet_available(settings: CacheSettings, extra: dict[str, str]) -> Cache:
-    scheme = cache_url_scheme(settings.url)
-    raise ConfigError(
-        f"the {scheme}:// cache backend is not yet available in this version of mainspring; use memory:// "
-        "for now",
-        problems=[
-            ConfigProblem("cache.url", f"{scheme}:// is planned, not implemented yet", scheme + "://...")
-        ],
-    )
-
-
 _BUILDERS: dict[str, Builder] = {
     "memory": _memory,
-    "redis": _not_yet_available,
-    "rediss": _not_yet_available,
-    "memory+redis": _not_yet_available,
-    "memory+rediss": _not_yet_available,
+    "redis": RedisCache.from_settings,
+    "rediss": RedisCache.from_settings,
+    "memory+redis": MultiLevelCache.from_settings,
+    "memory+rediss": MultiLevelCache.from_settings,
+    "redis+sentinel": RedisCache.from_settings,
+    "redis+cluster": RedisCache.from_settings,
 }
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from mainspring import __version__
+from mainspring.cli._cache import cache_app
 from mainspring.cli._config import config_app, show_config
 from mainspring.cli._db import db_app
 from mainspring.errors import MainspringError
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+app.add_typer(cache_app, name="cache")
 
 
 def _print_version(value: bool) -> None:

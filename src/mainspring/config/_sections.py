@@ -238,6 +238,8 @@ CACHE_SCHEMES: dict[str, str | None] = {
     "rediss": "redis",
     "memory+redis": "redis",
     "memory+rediss": "redis",
+    "redis+sentinel": "redis",
+    "redis+cluster": "redis",
 }
 _CACHE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -297,6 +299,17 @@ class CacheSettings(_Section):
     )
     policy: Literal["lru", "tinylfu"] = Field(default="tinylfu", description="memory: eviction policy")
     store: Literal["object", "bytes"] = Field(default="object", description="memory: keep objects, or encode")
+    redis_timeout: float = Field(
+        default=0.25, gt=0, description="redis: seconds per call (pool wait included); then a miss"
+    )
+    redis_connect_timeout: float = Field(default=1.0, gt=0, description="redis: seconds to connect")
+    redis_max_connections: int = Field(default=50, ge=1, description="redis: pool size per process")
+    redis_breaker_failures: int = Field(
+        default=5, ge=1, description="redis: consecutive failures that open the circuit"
+    )
+    redis_breaker_cooldown: float = Field(
+        default=5.0, gt=0, description="redis: seconds the circuit stays open before a probe"
+    )
 
     @field_validator("url")
     @classmethod

@@ -7,16 +7,20 @@ and a branch in ``make_cache`` that builds it with the given options (the test k
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from mainspring.cache import BaseCache, MemoryCache
+from mainspring.cache import BaseCache, MemoryCache, MultiLevelCache, RedisCache
+from mainspring.cache._coherence import RedisInvalidation
 
 BACKENDS = [
     pytest.param("memory", id="memory"),
     # The same store, but every value goes through the codec and the frame, as on Redis.
     pytest.param("memory-bytes", id="memory-bytes"),
+    pytest.param("redis", id="redis", marks=pytest.mark.integration),
+    # L1 memory over L2 Redis, with the pub/sub invalidation channel.
+    pytest.param("multilevel", id="multilevel", marks=pytest.mark.integration),
 ]
 
 
@@ -46,9 +50,13 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def make_cache(backend: str, clock: FakeClock) -> AsyncIterator[Callable[..., Any]]:
+async def make_cache(
+    backend: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., Any]]:
     """Build started caches of the backend under test with extra options; all stopped after the test."""
     made: list[BaseCache[Any]] = []
+    # Only the redis backend asks for the test kit's isolated database (so memory runs need no server).
+    redis_url = str(request.getfixturevalue("redis_url")) if backend in ("redis", "multilevel") else ""
 
     async def make(**options: Any) -> BaseCache[Any]:
         options.setdefault("clock", clock)
@@ -56,6 +64,16 @@ async def make_cache(backend: str, clock: FakeClock) -> AsyncIterator[Callable[.
             cache: BaseCache[Any] = MemoryCache(**options)
         elif backend == "memory-bytes":
             cache = MemoryCache(store="bytes", **options)
+        elif backend == "redis":
+            # A generous timeout: the suite checks semantics, not degradation (a loaded CI box is slow).
+            options.setdefault("timeout", 2.0)
+            cache = RedisCache(redis_url, **options)
+        elif backend == "multilevel":
+            l1 = MemoryCache(clock=clock, namespace=options.get("namespace", "mainspring"))
+            l2 = RedisCache(redis_url, **{"timeout": 2.0, **options})
+            channel = RedisInvalidation(redis_url, namespace=l2.keys.namespace)
+            # Duck-typed: the suite uses the Cache surface, ``keys`` and ``_set_raw``, which it has.
+            cache = cast("BaseCache[Any]", MultiLevelCache(l1, l2, invalidation=channel))
         else:  # pragma: no cover - a backend listed above without a branch here
             raise AssertionError(f"no cache for backend {backend!r}")
         await cache.start()
