@@ -47,6 +47,7 @@ demo: sync
 bench: sync
 	$(RUN) python benchmarks/logging_bench.py
 	$(RUN) python benchmarks/db_bench.py
+	$(RUN) python benchmarks/cache_bench.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache dist build
