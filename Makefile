@@ -48,6 +48,7 @@ bench: sync
 	$(RUN) python benchmarks/logging_bench.py
 	$(RUN) python benchmarks/db_bench.py
 	$(RUN) python benchmarks/cache_bench.py
+	$(RUN) python benchmarks/security_bench.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache dist build

@@ -1,0 +1,57 @@
+"""Security: passwords, tokens, API keys, RBAC, rate limiting, sessions, MFA and mTLS.
+
+Import the names you need from here: ``from mainspring.security import PasswordHasher``.
+"""
+
+from mainspring.context import Principal
+from mainspring.security._jose import MAX_TOKEN_BYTES
+from mainspring.security._jwks import JwksClient, JwksFetcher, parse_jwks
+from mainspring.security._keys import JWT_ALGORITHMS, JwtAlgorithm, JwtKey, KeyRing
+from mainspring.security._passwords import BCRYPT_MAX_PASSWORD_BYTES, MAX_PASSWORD_CHARS, PasswordHasher
+from mainspring.security._policy import CHARACTER_CLASSES, PasswordPolicy, load_common_passwords
+from mainspring.security._ratelimit import RateLimitBackendError, RateLimiter, RateLimiterStats, RateLimitKey
+from mainspring.security._ratelimit_types import Decision, Limit, Strategy, parse_limit, rate_limit_headers
+from mainspring.security._rbac import RBAC, RoleSpec
+from mainspring.security._recovery import MemoryRecoveryCodeStore, RecoveryCodes, RecoveryCodeStore
+from mainspring.security._tokens import DEFAULT_REQUIRED_CLAIMS, TokenService, VerifiedToken, verify_jws
+from mainspring.security._totp import MemoryTotpReplayStore, Totp, TotpAlgorithm, TotpReplayStore
+
+__all__ = [
+    "BCRYPT_MAX_PASSWORD_BYTES",
+    "CHARACTER_CLASSES",
+    "DEFAULT_REQUIRED_CLAIMS",
+    "JWT_ALGORITHMS",
+    "MAX_PASSWORD_CHARS",
+    "MAX_TOKEN_BYTES",
+    "RBAC",
+    "Decision",
+    "JwksClient",
+    "JwksFetcher",
+    "JwtAlgorithm",
+    "JwtKey",
+    "KeyRing",
+    "Limit",
+    "MemoryRecoveryCodeStore",
+    "MemoryTotpReplayStore",
+    "PasswordHasher",
+    "PasswordPolicy",
+    "Principal",
+    "RateLimitBackendError",
+    "RateLimitKey",
+    "RateLimiter",
+    "RateLimiterStats",
+    "RecoveryCodeStore",
+    "RecoveryCodes",
+    "RoleSpec",
+    "Strategy",
+    "TokenService",
+    "Totp",
+    "TotpAlgorithm",
+    "TotpReplayStore",
+    "VerifiedToken",
+    "load_common_passwords",
+    "parse_jwks",
+    "parse_limit",
+    "rate_limit_headers",
+    "verify_jws",
+]
