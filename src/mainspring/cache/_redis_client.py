@@ -187,17 +187,19 @@ def _connection_kwargs(
     return kwargs
 
 
-def async_client(target: RedisTarget, options: ClientOptions) -> Any:
-    """Return a ``redis.asyncio`` client for ``target``; nothing connects before the first command."""
-    aioredis = require("redis.asyncio", extra="redis", feature=_FEATURE)
+def _client(
+    target: RedisTarget, options: ClientOptions, *, package: str, socket_timeout: float | None
+) -> Any:
+    """Build a client from ``package`` (``redis`` or ``redis.asyncio``): both have the same layout."""
+
+    def module(name: str) -> Any:
+        return require(f"{package}.{name}", extra="redis", feature=_FEATURE)
+
     backoff = require("redis.backoff", extra="redis", feature=_FEATURE)
-    retry = require("redis.asyncio.retry", extra="redis", feature=_FEATURE).Retry(backoff.NoBackoff(), 0)
-    # No socket timeout on the async client: the cache bounds each call with asyncio.timeout (a
-    # cancelled read drops its connection), and redis-py's asyncio.wait_for around socket writes can
-    # swallow a caller's cancellation on Python 3.11.
-    kwargs = _connection_kwargs(target, options, retry, None)
+    retry = module("retry").Retry(backoff.NoBackoff(), 0)
+    kwargs = _connection_kwargs(target, options, retry, socket_timeout)
     if target.kind == "cluster":
-        cluster = require("redis.asyncio.cluster", extra="redis", feature=_FEATURE)
+        cluster = module("cluster")
         return cluster.RedisCluster(
             startup_nodes=[cluster.ClusterNode(host, port) for host, port in target.nodes],
             max_connections=options.max_connections,
@@ -205,8 +207,7 @@ def async_client(target: RedisTarget, options: ClientOptions) -> Any:
             **kwargs,
         )
     if target.kind == "sentinel":
-        sentinel = require("redis.asyncio.sentinel", extra="redis", feature=_FEATURE)
-        manager = sentinel.Sentinel(
+        manager = module("sentinel").Sentinel(
             list(target.nodes),
             sentinel_kwargs={
                 "socket_timeout": options.timeout,
@@ -216,7 +217,7 @@ def async_client(target: RedisTarget, options: ClientOptions) -> Any:
         return manager.master_for(
             target.service, db=target.db, max_connections=options.max_connections, ssl=target.ssl, **kwargs
         )
-    connection = require("redis.asyncio.connection", extra="redis", feature=_FEATURE)
+    connection = module("connection")
     (host, port), *_ = target.nodes
     pool = connection.BlockingConnectionPool(
         host=host,
@@ -228,46 +229,20 @@ def async_client(target: RedisTarget, options: ClientOptions) -> Any:
         connection_class=connection.SSLConnection if target.ssl else connection.Connection,
         **kwargs,
     )
-    return aioredis.Redis.from_pool(pool)
+    return module("client").Redis.from_pool(pool)
+
+
+def async_client(target: RedisTarget, options: ClientOptions) -> Any:
+    """Return a ``redis.asyncio`` client for ``target``; nothing connects before the first command."""
+    # No socket timeout on the async client: the cache bounds each call with asyncio.timeout (a
+    # cancelled read drops its connection), and redis-py's asyncio.wait_for around socket writes can
+    # swallow a caller's cancellation on Python 3.11.
+    return _client(target, options, package="redis.asyncio", socket_timeout=None)
 
 
 def sync_client(target: RedisTarget, options: ClientOptions) -> Any:
     """Return a redis-py (sync) client for ``target``; a Cluster client reads the topology at once."""
-    redis = require("redis", extra="redis", feature=_FEATURE)
-    backoff = require("redis.backoff", extra="redis", feature=_FEATURE)
-    retry = require("redis.retry", extra="redis", feature=_FEATURE).Retry(backoff.NoBackoff(), 0)
-    kwargs = _connection_kwargs(target, options, retry, options.timeout)
-    if target.kind == "cluster":
-        cluster = require("redis.cluster", extra="redis", feature=_FEATURE)
-        return cluster.RedisCluster(
-            startup_nodes=[cluster.ClusterNode(host, port) for host, port in target.nodes],
-            max_connections=options.max_connections,
-            ssl=target.ssl,
-            **kwargs,
-        )
-    if target.kind == "sentinel":
-        sentinel = require("redis.sentinel", extra="redis", feature=_FEATURE)
-        manager = sentinel.Sentinel(
-            list(target.nodes),
-            sentinel_kwargs={
-                "socket_timeout": options.timeout,
-                "socket_connect_timeout": options.connect_timeout,
-            },
-        )
-        return manager.master_for(
-            target.service, db=target.db, max_connections=options.max_connections, ssl=target.ssl, **kwargs
-        )
-    (host, port), *_ = target.nodes
-    pool = redis.BlockingConnectionPool(
-        host=host,
-        port=port,
-        db=target.db,
-        max_connections=options.max_connections,
-        timeout=options.timeout,
-        connection_class=redis.SSLConnection if target.ssl else redis.Connection,
-        **kwargs,
-    )
-    return redis.Redis.from_pool(pool)
+    return _client(target, options, package="redis", socket_timeout=options.timeout)
 
 
 SCAN_COUNT = 500
