@@ -4,6 +4,13 @@ Import the names you need from here: ``from mainspring.security import PasswordH
 """
 
 from mainspring.context import Principal
+from mainspring.security._apikeys import (
+    ApiKeyRecord,
+    ApiKeyService,
+    ApiKeyStore,
+    IssuedApiKey,
+    MemoryApiKeyStore,
+)
 from mainspring.security._jose import MAX_TOKEN_BYTES
 from mainspring.security._jwks import JwksClient, JwksFetcher, parse_jwks
 from mainspring.security._keys import JWT_ALGORITHMS, JwtAlgorithm, JwtKey, KeyRing
@@ -13,6 +20,15 @@ from mainspring.security._ratelimit import RateLimitBackendError, RateLimiter, R
 from mainspring.security._ratelimit_types import Decision, Limit, Strategy, parse_limit, rate_limit_headers
 from mainspring.security._rbac import RBAC, RoleSpec
 from mainspring.security._recovery import MemoryRecoveryCodeStore, RecoveryCodes, RecoveryCodeStore
+from mainspring.security._refresh import (
+    IssuedRefreshToken,
+    MemoryRefreshTokenStore,
+    RefreshTokenRecord,
+    RefreshTokenService,
+    RefreshTokenStore,
+    RotateOutcome,
+)
+from mainspring.security._revocation import MemoryRevocationList, RedisRevocationList, RevocationList
 from mainspring.security._tokens import DEFAULT_REQUIRED_CLAIMS, TokenService, VerifiedToken, verify_jws
 from mainspring.security._totp import MemoryTotpReplayStore, Totp, TotpAlgorithm, TotpReplayStore
 
@@ -24,14 +40,22 @@ __all__ = [
     "MAX_PASSWORD_CHARS",
     "MAX_TOKEN_BYTES",
     "RBAC",
+    "ApiKeyRecord",
+    "ApiKeyService",
+    "ApiKeyStore",
     "Decision",
+    "IssuedApiKey",
+    "IssuedRefreshToken",
     "JwksClient",
     "JwksFetcher",
     "JwtAlgorithm",
     "JwtKey",
     "KeyRing",
     "Limit",
+    "MemoryApiKeyStore",
     "MemoryRecoveryCodeStore",
+    "MemoryRefreshTokenStore",
+    "MemoryRevocationList",
     "MemoryTotpReplayStore",
     "PasswordHasher",
     "PasswordPolicy",
@@ -42,7 +66,13 @@ __all__ = [
     "RateLimiterStats",
     "RecoveryCodeStore",
     "RecoveryCodes",
+    "RedisRevocationList",
+    "RefreshTokenRecord",
+    "RefreshTokenService",
+    "RefreshTokenStore",
+    "RevocationList",
     "RoleSpec",
+    "RotateOutcome",
     "Strategy",
     "TokenService",
     "Totp",
