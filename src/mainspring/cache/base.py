@@ -14,14 +14,14 @@ import inspect
 import math
 import secrets
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
-from types import TracebackType
-from typing import Any, ClassVar, Generic, Self, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from typing_extensions import Unpack
 
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.cache._codec import CodecError, Entry, is_plain_int
 from mainspring.cache._errors import CacheBackendError, CacheLoaderTimeoutError, not_a_counter
 from mainspring.cache._loading import (
@@ -58,7 +58,7 @@ T = TypeVar("T")
 StoredT = TypeVar("StoredT")
 
 
-class BaseCache(ABC, Generic[StoredT]):
+class BaseCache(AsyncLifecycle, Generic[StoredT]):
     """All the shared logic of a cache over raw primitives; ``StoredT`` is what the backend stores.
 
     Subclasses implement the primitives and :meth:`_pack`/:meth:`_unpack` (how an :class:`Entry` is
@@ -169,17 +169,6 @@ class BaseCache(ABC, Generic[StoredT]):
             log.warning(
                 "cache stopped with background loads cancelled", cache=repr(self), cancelled=cancelled
             )
-
-    async def __aenter__(self) -> Self:
-        """Start the cache."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the cache."""
-        await self.stop()
 
     # --- plumbing: timing, degradation, decoding, tags ----------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import urlsplit
 
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.cache._codec import Entry
 from mainspring.cache._coherence import CoherenceStats, InvalidationKind, PromotionGuard, RedisInvalidation
 from mainspring.cache._loading import (
@@ -43,7 +44,7 @@ _MISS = object()
 _XFETCH_SPAN = 4.0
 
 
-class MultiLevelCache:
+class MultiLevelCache(AsyncLifecycle):
     """An L1 cache (normally a :class:`~mainspring.cache.MemoryCache`) in front of a shared L2.
 
     ``l1_ttl`` is how long a value lives in L1 (``None``: as long as it has left in L2), always capped
@@ -156,15 +157,6 @@ class MultiLevelCache:
             await self.invalidation.stop()
         await self.l2.stop()
         await self.l1.stop()
-
-    async def __aenter__(self) -> MultiLevelCache:
-        """Start the cache."""
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Stop the cache."""
-        await self.stop()
 
     # --- coherence ----------------------------------------------------------------------------------
 

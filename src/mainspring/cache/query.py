@@ -22,8 +22,7 @@ import asyncio
 import enum
 import hashlib
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, event, inspect
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
@@ -31,6 +30,7 @@ from sqlalchemy.sql import ClauseElement, Executable, TableClause, visitors
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.cache._keys import canonical
 from mainspring.cache._protocols import Cache
 from mainspring.errors import NotFoundError, ValidationError
@@ -86,7 +86,7 @@ def _table_name(table: TableClause) -> str:
     return f"{schema}.{table.name}" if schema else table.name
 
 
-class QueryCache:
+class QueryCache(AsyncLifecycle):
     """Cached results of SQL statements run on ``db``, kept in ``cache``.
 
     :meth:`start` (or ``async with``) hooks the database's sessions so that any insert, update or delete
@@ -131,17 +131,6 @@ class QueryCache:
         await self._apply_bumps()
         if self._bumps:
             await asyncio.wait(set(self._bumps))
-
-    async def __aenter__(self) -> Self:
-        """Start the query cache."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the query cache."""
-        await self.stop()
 
     # --- session events (sync, inside SQLAlchemy's greenlet) ----------------------------------------
 

@@ -25,9 +25,9 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.cache._errors import CacheBackendError
 from mainspring.cache._protocols import Cache
 from mainspring.cache._writebehind import MemoryWriteQueue, PendingWrite, RedisWriteQueue, WriteQueue
@@ -71,7 +71,7 @@ def _check_positive(name: str, value: float) -> float:
     return float(value)
 
 
-class CacheStrategies:
+class CacheStrategies(AsyncLifecycle):
     """Read-through, write-through, write-around and write-behind over ``cache``.
 
     Write-behind needs :meth:`start` (it runs one owned background task,
@@ -282,17 +282,6 @@ class CacheStrategies:
             return await self._queue.pending()
         except CacheBackendError:
             return None
-
-    async def __aenter__(self) -> Self:
-        """Start the strategies."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the strategies (flushing pending writes)."""
-        await self.stop()
 
     # --- the flusher --------------------------------------------------------------------------------
 

@@ -27,9 +27,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.cache._protocols import Cache
 from mainspring.errors import ValidationError
 from mainspring.logging import get_logger
@@ -78,7 +78,7 @@ def _fraction(name: str, value: float, high: float) -> float:
     return float(value)
 
 
-class _Component:
+class _Component(AsyncLifecycle):
     """Start/stop, one owned background task, and the counters both components share."""
 
     _task_name = "mainspring.cache:component"
@@ -121,17 +121,6 @@ class _Component:
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
-
-    async def __aenter__(self) -> Self:
-        """Start the component."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the component."""
-        await self.stop()
 
     async def start(self) -> None:
         """Start the component."""

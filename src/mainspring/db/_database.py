@@ -6,13 +6,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from mainspring._compat import require
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.config._sections import DatabaseTLS
 from mainspring.db._backends import ConnectOptions, connect_args, install_connection_setup
 from mainspring.db._errors import driver_message, is_db_error, translate_db_error
@@ -42,7 +42,7 @@ _log = get_logger("mainspring.db")
 _PERMANENT_START_CODES = frozenset({"28000", "28P01", "3D000", "1044", "1045", "1049"})
 
 
-class Database:
+class Database(AsyncLifecycle):
     """One SQL database: a SQLAlchemy async engine and session factory with a lifecycle.
 
     The constructor only checks and stores the configuration; :meth:`start` builds the engine and waits
@@ -286,15 +286,6 @@ class Database:
         if engine is not None:
             await engine.dispose()
             _log.info("database stopped", database=self.name)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # --- health and metrics ----------------------------------------------------------------------------
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.db._database import Database
 from mainspring.errors import ConfigError, ConfigProblem
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["DatabaseRegistry"]
 
 
-class DatabaseRegistry(Mapping[str, Database]):
+class DatabaseRegistry(AsyncLifecycle, Mapping[str, Database]):
     """Several named :class:`Database` objects (a database per service or per bounded context).
 
     ``registry["reporting"]`` returns one; ``registry.default`` the one named ``default``. :meth:`start`
@@ -82,15 +82,6 @@ class DatabaseRegistry(Mapping[str, Database]):
         """Stop every database, in reverse registration order."""
         for database in reversed(self._databases.values()):
             await database.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def __repr__(self) -> str:
         return f"<DatabaseRegistry {sorted(self._databases)}>"

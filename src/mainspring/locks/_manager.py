@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.config._safety import mask_url_password
 from mainspring.errors import ConfigError, ConfigProblem, InternalError, MainspringError
 from mainspring.locks.base import (
@@ -40,7 +40,7 @@ def _supported() -> str:
     )
 
 
-class LockManager:
+class LockManager(AsyncLifecycle):
     """Distributed locks by name: ``async with locks.acquire("order:42", ttl=10, wait=5) as lease:``.
 
     Build it from a URL (:meth:`from_url`): ``memory://`` (this process only), ``redis://...`` or
@@ -125,17 +125,6 @@ class LockManager:
         finally:
             self._leases.clear()
             await self._backend.stop()
-
-    async def __aenter__(self) -> LockManager:
-        """Start and return the manager."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the manager."""
-        await self.stop()
 
     def acquire(
         self, name: str, *, ttl: float | None = None, wait: float | None = None, auto_extend: bool = False

@@ -6,10 +6,10 @@ import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 from urllib.parse import quote
 
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.config._safety import mask_url_password
 from mainspring.context import Principal, get_context
 from mainspring.errors import RateLimitedError, ValidationError
@@ -112,7 +112,7 @@ class RateLimitKey:
         return key if by is None else f"{key}:{_part(by)}"
 
 
-class RateLimiter:
+class RateLimiter(AsyncLifecycle):
     """Decides whether a request under a :class:`Limit` may proceed, on a ``memory://`` or ``redis://`` store.
 
     ``hit(key, limit)`` counts and returns a :class:`Decision`; ``check(key, limit)`` does the same and
@@ -180,20 +180,6 @@ class RateLimiter:
         """Close the backend's connections."""
         self._started = False
         await self._backend.stop()
-
-    async def __aenter__(self) -> Self:
-        """Start the limiter."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the limiter."""
-        await self.stop()
 
     @property
     def stats(self) -> RateLimiterStats:

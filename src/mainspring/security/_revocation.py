@@ -10,10 +10,10 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Final, Protocol, Self, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from mainspring._compat import require
+from mainspring._lifecycle import AsyncLifecycle
 from mainspring.errors import ServiceUnavailableError, ValidationError
 
 __all__ = ["MemoryRevocationList", "RedisRevocationList", "RevocationList"]
@@ -74,7 +74,7 @@ class MemoryRevocationList:
         return len(self._entries)
 
 
-class RedisRevocationList:
+class RedisRevocationList(AsyncLifecycle):
     """A :class:`RevocationList` in Redis: one key per ``jti`` that Redis deletes at the token's ``exp``.
 
     Nothing connects until :meth:`start` (or ``async with``). Every call is bounded by ``timeout``
@@ -116,17 +116,6 @@ class RedisRevocationList:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
-
-    async def __aenter__(self) -> Self:
-        """Start the list."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the list."""
-        await self.stop()
 
     def _require_client(self) -> Any:
         if self._client is None:
