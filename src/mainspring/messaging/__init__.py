@@ -28,7 +28,15 @@ from mainspring.messaging._codecs import (
 from mainspring.messaging._factory import create_broker, create_transport
 from mainspring.messaging._retry import RetryPolicy
 from mainspring.messaging._transport import Delivery, Record, Subscription, Transport
-from mainspring.messaging.base import Broker, BrokerStats, Inbox, SubscriberInfo, dead_letter_topic
+from mainspring.messaging.base import (
+    Broker,
+    BrokerStats,
+    Inbox,
+    SubscriberInfo,
+    as_message,
+    build_record,
+    dead_letter_topic,
+)
 from mainspring.messaging.message import Message, event_type_of, uuid7
 
 __all__ = [
@@ -48,6 +56,8 @@ __all__ = [
     "SubscriberInfo",
     "Subscription",
     "Transport",
+    "as_message",
+    "build_record",
     "create_broker",
     "create_transport",
     "dead_letter_topic",

@@ -64,7 +64,7 @@ from mainspring.messaging._transport import (
 from mainspring.messaging.message import Message, event_type_of
 from mainspring.resilience import CircuitBreaker, CircuitOpenError, CircuitState
 
-__all__ = ["Broker", "BrokerStats", "Inbox", "SubscriberInfo"]
+__all__ = ["Broker", "BrokerStats", "Inbox", "SubscriberInfo", "as_message", "build_record"]
 
 log = get_logger("mainspring.messaging")
 
@@ -76,6 +76,7 @@ _CE_ATTRIBUTES = frozenset(
     {CE_SPECVERSION, CE_ID, CE_TYPE, CE_SOURCE, CE_TIME, CE_CORRELATION_ID, CE_CAUSATION_ID, CONTENT_TYPE}
 )
 _TRACEBACK_FRAMES = 5
+_JSON = JsonCodec()
 _ERROR_MESSAGE_LIMIT = 2000
 
 
@@ -209,6 +210,66 @@ def _inspect_handler(handler: Callable[..., Any]) -> tuple[str, type[BaseModel] 
     return _ARG_DATA, None, also_message
 
 
+def as_message(item: Any, key: str | None = None) -> Message:
+    """Return ``item`` as a :class:`Message`: a model gets its ``event_type``, plain data is wrapped."""
+    if isinstance(item, Message):
+        if key is not None and item.key != key:
+            raise BadRequestError(
+                "publish(key=...) conflicts with Message.key; set one of them", code="invalid_message"
+            )
+        return item
+    if isinstance(item, BaseModel):
+        return Message(data=item, type=event_type_of(type(item)), key=key)
+    return Message(data=item, key=key)
+
+
+def build_record(
+    topic: str,
+    message: Message,
+    *,
+    headers: Mapping[str, str] | None = None,
+    codec: Codec | None = None,
+    source: str = "mainspring",
+) -> Record:
+    """Encode ``message`` for ``topic``.
+
+    The body comes from ``codec`` (JSON by default); the CloudEvents attributes and the current
+    :mod:`mainspring.context` (correlation, causation, trace) go into headers.
+    """
+    codec = codec or _JSON
+    body, codec_headers = codec.encode(message.data)
+    ctx = get_context()
+    out: dict[str, str] = dict(message.headers)
+    if headers:
+        for name, value in headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise BadRequestError(
+                    f"message headers must map str to str, got {name!r}: {value!r}",
+                    code="invalid_message",
+                )
+            out[name] = value
+    out.update(codec_headers)
+    out[CE_SPECVERSION] = "1.0"
+    out[CE_ID] = message.id
+    out[CE_TYPE] = message.type or topic
+    out[CE_SOURCE] = message.source or source
+    out[CE_TIME] = message.time.isoformat()
+    out[CONTENT_TYPE] = message.content_type or codec.content_type
+    correlation = message.correlation_id or ctx.correlation_id or message.id
+    out[CE_CORRELATION_ID] = correlation
+    causation = message.causation_id or ctx.causation_id
+    if causation:
+        out[CE_CAUSATION_ID] = causation
+    if message.key is not None:
+        out[CE_PARTITION_KEY] = message.key
+    if ctx.trace_id is not None and CE_TRACEPARENT not in out:
+        span = ctx.span_id or "0000000000000001"
+        out[CE_TRACEPARENT] = f"00-{ctx.trace_id}-{span}-{ctx.trace_flags or '01'}"
+        if ctx.tracestate:
+            out[CE_TRACESTATE] = ctx.tracestate
+    return Record(topic=topic, body=body, headers=out, key=message.key)
+
+
 class Broker(AsyncLifecycle):
     """Publish messages and run subscribers over one :class:`Transport`.
 
@@ -265,49 +326,8 @@ class Broker(AsyncLifecycle):
 
     # -- publishing -------------------------------------------------------------------------------
 
-    def _message(self, item: Any, key: str | None) -> Message:
-        if isinstance(item, Message):
-            if key is not None and item.key != key:
-                raise BadRequestError(
-                    "publish(key=...) conflicts with Message.key; set one of them", code="invalid_message"
-                )
-            return item
-        if isinstance(item, BaseModel):
-            return Message(data=item, type=event_type_of(type(item)), key=key)
-        return Message(data=item, key=key)
-
     def _record(self, topic: str, message: Message, headers: Mapping[str, str] | None) -> Record:
-        body, codec_headers = self.codec.encode(message.data)
-        ctx = get_context()
-        out: dict[str, str] = dict(message.headers)
-        if headers:
-            for name, value in headers.items():
-                if not isinstance(name, str) or not isinstance(value, str):
-                    raise BadRequestError(
-                        f"message headers must map str to str, got {name!r}: {value!r}",
-                        code="invalid_message",
-                    )
-                out[name] = value
-        out.update(codec_headers)
-        out[CE_SPECVERSION] = "1.0"
-        out[CE_ID] = message.id
-        out[CE_TYPE] = message.type or topic
-        out[CE_SOURCE] = message.source or self.source
-        out[CE_TIME] = message.time.isoformat()
-        out[CONTENT_TYPE] = message.content_type or self.codec.content_type
-        correlation = message.correlation_id or ctx.correlation_id or message.id
-        out[CE_CORRELATION_ID] = correlation
-        causation = message.causation_id or ctx.causation_id
-        if causation:
-            out[CE_CAUSATION_ID] = causation
-        if message.key is not None:
-            out[CE_PARTITION_KEY] = message.key
-        if ctx.trace_id is not None and CE_TRACEPARENT not in out:
-            span = ctx.span_id or "0000000000000001"
-            out[CE_TRACEPARENT] = f"00-{ctx.trace_id}-{span}-{ctx.trace_flags or '01'}"
-            if ctx.tracestate:
-                out[CE_TRACESTATE] = ctx.tracestate
-        return Record(topic=topic, body=body, headers=out, key=message.key)
+        return build_record(topic, message, headers=headers, codec=self.codec, source=self.source)
 
     @staticmethod
     def _check_delay(delay: float | None) -> float | None:
@@ -341,7 +361,7 @@ class Broker(AsyncLifecycle):
         """
         check_topic(topic)
         wait = self._check_delay(delay)
-        msg = self._message(message, key)
+        msg = as_message(message, key)
         await self.transport.publish([self._record(topic, msg, headers)], delay=wait)
         self.stats.published += 1
         return msg
@@ -357,7 +377,7 @@ class Broker(AsyncLifecycle):
         """Publish several messages in order with one round trip where the broker allows; return them."""
         check_topic(topic)
         wait = self._check_delay(delay)
-        built = [self._message(item, None) for item in messages]
+        built = [as_message(item, None) for item in messages]
         if not built:
             return []
         await self.transport.publish([self._record(topic, m, headers) for m in built], delay=wait)

@@ -1,4 +1,6 @@
-"""Fixtures for the database suites: one URL per backend (SQLite, PostgreSQL, MariaDB) and a started Database.
+"""Fixtures shared by the suites that need SQL (db, events, security stores).
+
+One URL per backend (SQLite, PostgreSQL, MariaDB) and a started Database.
 
 ``db_url`` is parametrized over the three backends; every test that uses it (directly or through
 ``database``) runs once per backend. PostgreSQL and MariaDB come from the mainspring plugin's fixtures,
