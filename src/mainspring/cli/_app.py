@@ -15,6 +15,7 @@ from mainspring import __version__
 from mainspring.cli._cache import cache_app
 from mainspring.cli._config import config_app, show_config
 from mainspring.cli._db import db_app
+from mainspring.cli._messaging import messaging_app
 from mainspring.errors import MainspringError
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(cache_app, name="cache")
+app.add_typer(messaging_app, name="messaging")
 
 
 def _print_version(value: bool) -> None:

@@ -20,6 +20,7 @@ from mainspring.config._sections import (
     DatabaseTLS,
     LogFileSettings,
     LoggingSettings,
+    MessagingSettings,
 )
 from mainspring.config._settings import BUILTIN_PROFILES, CorsSettings, Settings, SupportsProductionCheck
 from mainspring.config._sources import SettingsSources
@@ -32,6 +33,7 @@ __all__ = [
     "DatabaseTLS",
     "LogFileSettings",
     "LoggingSettings",
+    "MessagingSettings",
     "Settings",
     "SettingsSources",
     "SupportsProductionCheck",

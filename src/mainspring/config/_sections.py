@@ -356,3 +356,45 @@ class CacheSettings(_Section):
                 )
             )
         return problems
+
+
+#: Broker URL schemes and the extra each needs (``None``: nothing to install).
+BROKER_SCHEMES: dict[str, str | None] = {
+    "memory": None,
+    "redis": "redis",
+    "rediss": "redis",
+    "amqp": "rabbitmq",
+    "amqps": "rabbitmq",
+    "nats": "nats",
+    "tls": "nats",
+    "kafka": "kafka",
+}
+
+
+class MessagingSettings(_Section):
+    """The message broker: URL, the CloudEvents ``source``, drain time and transport options.
+
+    ``create_broker(settings.messaging)`` builds the broker. ``options`` go to the transport as keyword
+    arguments (``claim_idle`` for Redis, ``queue_type`` for RabbitMQ, ``ack_wait`` for NATS, ...).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+    url: str = Field(
+        default="memory://",
+        description="memory://, redis://, amqp://, nats://, kafka://host:port (extra of the same name)",
+    )
+    source: str = Field(default="mainspring", min_length=1, description="CloudEvents source of our messages")
+    drain_timeout: float = Field(default=10.0, ge=0, description="seconds in-flight handlers get at stop")
+    fetch_timeout: float = Field(default=1.0, gt=0, description="seconds a subscriber waits per fetch")
+    options: dict[str, Any] = Field(default_factory=dict, description="transport keyword options")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        match = _URL_SCHEME.match(value.strip())
+        scheme = match.group("scheme").lower() if match else None
+        if scheme not in BROKER_SCHEMES:
+            supported = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
+            raise ValueError(f"unsupported broker URL {value.split('?')[0]!r}; use one of: {supported}")
+        return value.strip()

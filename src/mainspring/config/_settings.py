@@ -12,6 +12,7 @@ from mainspring.config._sections import (
     CacheSettings,
     DatabaseSettings,
     LoggingSettings,
+    MessagingSettings,
     _Section,
     database_name_problem,
 )
@@ -88,6 +89,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="more named SQL databases, e.g. {'reporting': {...}}"
     )
     cache: CacheSettings = Field(default_factory=CacheSettings, description="the cache (mainspring.cache)")
+    messaging: MessagingSettings = Field(
+        default_factory=MessagingSettings, description="the message broker (mainspring.messaging)"
+    )
 
     @classmethod
     def settings_customise_sources(

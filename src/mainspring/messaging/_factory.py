@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 from urllib.parse import urlsplit
 
+from mainspring.config import MessagingSettings
 from mainspring.errors import ConfigError
 from mainspring.messaging._codecs import Codec
 from mainspring.messaging._transport import Transport
@@ -45,25 +46,33 @@ def create_transport(url: str, **options: Any) -> Transport:
 
 
 def create_broker(
-    url: str = "memory://",
+    url: str | MessagingSettings = "memory://",
     *,
     codec: Codec | None = None,
-    source: str = "mainspring",
+    source: str | None = None,
     inbox: Inbox | None = None,
-    fetch_timeout: float = 1.0,
-    drain_timeout: float = 10.0,
+    fetch_timeout: float | None = None,
+    drain_timeout: float | None = None,
     **options: Any,
 ) -> Broker:
     """Return a :class:`Broker` on the transport for ``url``; other keywords go to the transport.
 
-    ``memory://`` (in process, the default), ``redis://`` (Redis Streams), ``amqp://`` (RabbitMQ),
-    ``nats://`` (NATS JetStream), ``kafka://host:port[,host:port]`` (Kafka).
+    ``url`` is a broker URL -- ``memory://`` (in process, the default), ``redis://`` (Redis Streams),
+    ``amqp://`` (RabbitMQ), ``nats://`` (NATS JetStream), ``kafka://host:port[,host:port]`` (Kafka) --
+    or the :class:`~mainspring.config.MessagingSettings` section, whose values the keywords override.
     """
+    if isinstance(url, MessagingSettings):
+        settings = url
+        url = settings.url
+        options = {**settings.options, **options}
+        source = source if source is not None else settings.source
+        fetch_timeout = fetch_timeout if fetch_timeout is not None else settings.fetch_timeout
+        drain_timeout = drain_timeout if drain_timeout is not None else settings.drain_timeout
     return Broker(
         create_transport(url, **options),
         codec=codec,
-        source=source,
+        source=source or "mainspring",
         inbox=inbox,
-        fetch_timeout=fetch_timeout,
-        drain_timeout=drain_timeout,
+        fetch_timeout=1.0 if fetch_timeout is None else fetch_timeout,
+        drain_timeout=10.0 if drain_timeout is None else drain_timeout,
     )

@@ -771,7 +771,7 @@ class _Runner:
                 free = 1
             try:
                 deliveries = await self.subscription.fetch(free, self.broker.fetch_timeout)
-            except MainspringError as exc:
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive a failed fetch; logged, retried
                 failures += 1
                 pause = min(5.0, 0.1 * 2 ** min(failures, 6))
                 log.warning(

@@ -82,16 +82,17 @@ def test_init_upgrade_autogenerate_current_history_downgrade(
 
     code, out, _ = run(capsys, "db", "history")
     assert code == 0
-    assert "<base> -> ms_0001 (mainspring, head)" in out
+    assert "<base> -> ms_0001 (mainspring)" in out
+    assert "ms_0002 -> ms_0003 (mainspring, head)" in out
     assert "(app, head)  create widgets" in out
 
     code, out, _ = run(capsys, "db", "downgrade", "base")
     assert code == 0
-    assert out.count("reverted") == 2
+    assert out.count("reverted") == 4  # the app's revision and the library's three
     assert "at: base" in out
 
     code, out, _ = run(capsys, "db", "current")
-    assert "pending: 2 revision(s)" in out
+    assert "pending: 4 revision(s)" in out
 
 
 def test_revision_without_autogenerate_needs_no_database_and_follows_the_last_one(
@@ -113,7 +114,9 @@ def test_revision_without_autogenerate_needs_no_database_and_follows_the_last_on
     assert set(lines) == {
         "aaa1 -> bbb2 (app, head)  two",
         "<base> -> aaa1 (app)  one",
-        "<base> -> ms_0001 (mainspring, head)  Create the change_log table.",
+        "<base> -> ms_0001 (mainspring)  Create the change_log table.",
+        "ms_0001 -> ms_0002 (mainspring)  Create the tables of the SQL security stores.",
+        "ms_0002 -> ms_0003 (mainspring, head)  Create the transactional outbox and the idempotent inbox.",
     }
     assert lines.index("aaa1 -> bbb2 (app, head)  two") < lines.index("<base> -> aaa1 (app)  one")
 
