@@ -58,6 +58,10 @@ def transport_options(backend: str, request: pytest.FixtureRequest) -> dict[str,
     if backend in ("nats", "kafka"):
         url = request.getfixturevalue(_URL_FIXTURES[backend])
         options["prefix"] = url.namespace
+    if backend == "rabbitmq":
+        url = request.getfixturevalue("rabbitmq_url")
+        if url.isolation == "prefix":  # no management API: a shared vhost, so prefix the names
+            options["prefix"] = url.namespace
     return options
 
 
