@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from mainspring._lifecycle import AsyncLifecycle
 from mainspring.context import bind_context, get_context, parse_traceparent
-from mainspring.errors import BadRequestError, ConfigError, MainspringError
+from mainspring.errors import BadRequestError, ConfigError
 from mainspring.logging import get_logger
 from mainspring.messaging._codecs import Codec, InvalidPayloadError, JsonCodec, MsgpackCodec
 from mainspring.messaging._retry import RetryPolicy
