@@ -24,11 +24,11 @@ import contextlib
 import datetime as dt
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, any_, bindparam, delete, event, func, select, text, update
+from sqlalchemy import BigInteger, any_, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from mainspring._lifecycle import AsyncLifecycle
 from mainspring.db import Database
 from mainspring.db._types import utcnow
-from mainspring.errors import ConfigError, InternalError, MainspringError
+from mainspring.errors import BadRequestError, ConfigError, InternalError, MainspringError
 from mainspring.events._models import KEY_LENGTH, OutboxEntry
 from mainspring.logging import get_logger
 from mainspring.messaging import Broker, Codec, Message, Record, as_message, build_record
@@ -104,29 +104,47 @@ class Outbox:
         """Add ``message`` (a :class:`Message`, a model or plain data) for ``topic``; return the message.
 
         Must run inside ``async with database.transaction()``: the row commits or rolls back with
-        the caller's data. Raises :class:`~mainspring.errors.InternalError` outside a unit of work.
+        the caller's data (a SAVEPOINT rolled back takes it along). Raises
+        :class:`~mainspring.errors.InternalError` outside a unit of work.
         """
+        [added] = await self.add_many(topic, [as_message(message, key)], headers=headers)
+        return added
+
+    async def add_many(
+        self, topic: str, messages: Iterable[Any], *, headers: Mapping[str, str] | None = None
+    ) -> list[Message]:
+        """Add several messages for ``topic`` with one INSERT; they are published in this order."""
         check_topic(topic)
         unit = self.database.current()
         if unit is None:
             raise InternalError(
                 "Outbox.add() needs an active unit of work: call it inside `async with db.transaction():`"
             )
-        msg = as_message(message, key)
-        if msg.key is not None and len(msg.key) > KEY_LENGTH:
-            raise ConfigError(f"outbox message keys are limited to {KEY_LENGTH} characters")
-        record = build_record(topic, msg, headers=headers, codec=self.codec, source=self.source)
-        unit.session.add(
-            OutboxEntry(
-                message_id=msg.id,
-                topic=topic,
-                key=msg.key,
-                headers=dict(record.headers),
-                body=record.body,
-                created_at=utcnow(),
-                attempts=0,
+        built = [as_message(item) for item in messages]
+        if not built:
+            return []
+        now = utcnow()
+        rows = []
+        for msg in built:
+            if msg.key is not None and len(msg.key) > KEY_LENGTH:
+                raise BadRequestError(
+                    f"outbox message keys are limited to {KEY_LENGTH} characters", code="invalid_message"
+                )
+            record = build_record(topic, msg, headers=headers, codec=self.codec, source=self.source)
+            rows.append(
+                {
+                    "message_id": msg.id,
+                    "topic": topic,
+                    "key": msg.key,
+                    "headers": dict(record.headers),
+                    "body": record.body,
+                    "created_at": now,
+                    "attempts": 0,
+                }
             )
-        )
+        # A Core INSERT (executemany for several rows) in the unit's transaction: no ORM bookkeeping,
+        # and a SAVEPOINT that rolls back removes the rows with it.
+        await unit.session.execute(insert(OutboxEntry), rows)
         info = unit.session.info
         if self.database.dialect == "postgresql":
             info[_NOTIFY_INFO_KEY] = self.channel
@@ -134,7 +152,7 @@ class Outbox:
             info[_WAKE_INFO_KEY] = True
             database = self.database
             unit.on_commit(lambda: _wake_local(database))
-        return msg
+        return built
 
 
 @dataclass(frozen=True, slots=True)

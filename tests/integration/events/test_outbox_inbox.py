@@ -287,8 +287,13 @@ async def test_concurrent_relays_never_publish_a_claimed_row_twice(
     total = 10_000
     for start in range(0, total, 1000):
         async with db.transaction():
-            for n in range(start, start + 1000):
-                await outbox.add("bulk", {"n": n}, key=f"k{n % 50}" if n % 2 else None)
+            await outbox.add_many(
+                "bulk",
+                [
+                    Message(data={"n": n}, key=f"k{n % 50}" if n % 2 else None)
+                    for n in range(start, start + 1000)
+                ],
+            )
     relays = [OutboxRelay(db, broker, batch_size=250) for _ in range(3)]
 
     async def drain(relay: OutboxRelay) -> None:
