@@ -1,5 +1,8 @@
 """Security benchmarks: one function per section, one table per section, ratios against a peer library.
 
+Passwords section: argon2id ``hash`` and ``verify`` at mainspring's defaults (``PasswordHasher()``) against
+argon2-cffi at the same parameters, milliseconds per operation.
+
 JWT section: verify (and sign) access tokens with mainspring's ``TokenService`` against PyJWT called
 directly, for EdDSA, RS256, ES256 and HS256. Both sides use key objects loaded once (PyJWT gets the
 ``cryptography`` key object, or the secret bytes for HS256) and check the same things: signature,
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -21,11 +25,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import argon2
 import cryptography
 import jwt as pyjwt
 import limits
 
-from mainspring.security import JwtAlgorithm, JwtKey, KeyRing, Limit, RateLimiter, Strategy, TokenService
+from mainspring.security import (
+    JwtAlgorithm,
+    JwtKey,
+    KeyRing,
+    Limit,
+    PasswordHasher,
+    RateLimiter,
+    Strategy,
+    TokenService,
+)
 from mainspring.testing._isolation import isolated_redis
 
 ISSUER = "https://auth.example.test"
@@ -100,6 +114,45 @@ def jwt_section(rounds: int, ops: int) -> list[tuple[str, float, float]]:
         rows.append((f"verify {alg}", res["ours_verify"], res["peer_verify"]))
         res = _measure({"ours_sign": ours_sign, "peer_sign": peer_sign}, rounds, ops // 10 if slow else ops)
         rows.append((f"sign {alg}", res["ours_sign"], res["peer_sign"]))
+    return rows
+
+
+# --- Passwords ---------------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+def password_section(rounds: int, ops: int) -> list[tuple[str, float, float]]:
+    """argon2id hash and verify at mainspring's defaults against argon2-cffi at the same parameters.
+
+    Rows of (operation, mainspring ms, argon2-cffi ms). mainspring adds NFKC normalisation and input
+    checks; both run the same C library with m=19456 KiB, t=2, p=1, 16-byte salt, 32-byte hash.
+    """
+    ours = PasswordHasher()
+    peer = argon2.PasswordHasher(
+        time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16, type=argon2.Type.ID
+    )
+    stored = ours.hash(PASSWORD)
+    assert peer.verify(stored, PASSWORD)
+    assert ours.verify(peer.hash(PASSWORD), PASSWORD)
+
+    def ours_hash() -> object:
+        return ours.hash(PASSWORD)
+
+    def peer_hash() -> object:
+        return peer.hash(PASSWORD)
+
+    def ours_verify() -> object:
+        return ours.verify(stored, PASSWORD)
+
+    def peer_verify() -> object:
+        return peer.verify(stored, PASSWORD)
+
+    rows: list[tuple[str, float, float]] = []
+    res = _measure({"ours": ours_hash, "peer": peer_hash}, rounds, ops)
+    rows.append(("hash (argon2id, m=19456 KiB, t=2, p=1)", res["ours"] / 1000, res["peer"] / 1000))
+    res = _measure({"ours": ours_verify, "peer": peer_verify}, rounds, ops)
+    rows.append(("verify (match)", res["ours"] / 1000, res["peer"] / 1000))
     return rows
 
 
@@ -210,9 +263,9 @@ def _print_rate_table(rows: list[RateRow]) -> None:
         )
 
 
-def _print_table(title: str, peer: str, rows: list[tuple[str, float, float]]) -> None:
+def _print_table(title: str, peer: str, rows: list[tuple[str, float, float]], unit: str = "µs") -> None:
     print(f"\n### {title}\n")
-    print(f"| operation | mainspring µs | {peer} µs | mainspring / {peer} |")
+    print(f"| operation | mainspring {unit} | {peer} {unit} | mainspring / {peer} |")
     print("|---|---:|---:|---:|")
     for name, ours, theirs in rows:
         print(f"| {name} | {ours:,.1f} | {theirs:,.1f} | {ours / theirs:.2f}x |")
@@ -229,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         f"PyJWT {pyjwt.__version__}; {args.rounds} rounds x {args.ops} ops, medians"
     )
     _print_table("JWT", f"PyJWT {pyjwt.__version__}", jwt_section(args.rounds, args.ops))
+    # A hash is ~20-50 ms: a handful per round.
+    peer = f"argon2-cffi {importlib.metadata.version('argon2-cffi')}"
+    _print_table("Passwords", peer, password_section(args.rounds, max(3, args.ops // 200)), unit="ms")
     # Redis round trips dominate and vary more than CPU work: fewer, longer rounds.
     _print_rate_table(ratelimit_section(max(3, args.rounds // 3), args.ops))
     return 0

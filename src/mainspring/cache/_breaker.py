@@ -37,6 +37,9 @@ class CircuitBreaker:
         self._probe_at: float | None = None
         #: How many times the circuit opened (a metric for stats and tests).
         self.opened = 0
+        #: ``True`` while closed with no failure since the last success: then :meth:`allow` says yes
+        #: and :meth:`success` changes nothing, so a hot path may read this flag instead of calling them.
+        self.quiet = True
 
     @property
     def state(self) -> State:
@@ -69,18 +72,19 @@ class CircuitBreaker:
 
     def success(self) -> bool:
         """Record a call that reached the backend; return ``True`` if this closed an open circuit."""
-        if self._opened_at is None:
-            self._consecutive = 0
-            return False
+        if self.quiet:
+            return False  # closed, no failure counted: nothing to reset
         with self._lock:
             was_open = self._opened_at is not None
             self._consecutive = 0
             self._opened_at = self._probe_at = None
+            self.quiet = True
             return was_open
 
     def failure(self) -> bool:
         """Record a failed call; return ``True`` if this opened the circuit (closed or probing before)."""
         with self._lock:
+            self.quiet = False
             self._consecutive += 1
             now = self._clock()
             if self._opened_at is not None:

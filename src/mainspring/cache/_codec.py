@@ -297,6 +297,22 @@ _COMPRESSIONS: dict[str, type[_Compression]] = {
 # --- the frame --------------------------------------------------------------------------------------
 
 
+def _read_tags(data: bytes, pos: int) -> tuple[tuple[tuple[str, int], ...], int]:
+    """Return the tag versions of a frame starting at ``pos``, and the position after them."""
+    count = data[pos]
+    pos += 1
+    tags = []
+    for _ in range(count):
+        (length,) = _TAG_LEN.unpack_from(data, pos)
+        pos += _TAG_LEN.size
+        tag = data[pos : pos + length].decode()
+        pos += length
+        (version,) = _TAG_VERSION.unpack_from(data, pos)
+        pos += _TAG_VERSION.size
+        tags.append((tag, version))
+    return tuple(tags), pos
+
+
 class Serializer:
     """Encodes :class:`Entry` objects to bytes and back, with one writing codec and any reading codec.
 
@@ -416,60 +432,47 @@ class Serializer:
 
     def decode(self, data: bytes) -> Entry:
         """Return the entry ``data`` holds; :class:`CodecError` saying why it cannot be read."""
+        # One frame, no helper calls on the common path: this runs on every cache hit.
         try:
-            return self._decode(data)
+            if not data:
+                raise CodecError("undecodable cache entry: empty")
+            header = data[0]
+            if header < 0x80:
+                return Entry(int(data))
+            if len(data) < 2 or data[1] >> 4 != _FRAME_VERSION:
+                raise CodecError("undecodable cache entry: unknown frame version")
+            flags = data[1]
+            fresh_until, ttl, stale_ttl, delta = math.inf, 0.0, 0.0, 0.0
+            tags: tuple[tuple[str, int], ...] = ()
+            pos = 2
+            if flags & _FLAG_META:
+                fresh_until, ttl, stale_ttl, delta = _META.unpack_from(data, pos)
+                pos += _META.size
+            if flags & _FLAG_TAGS:
+                tags, pos = _read_tags(data, pos)
+            if flags & _FLAG_NONE:
+                return Entry(None, fresh_until, ttl or None, stale_ttl, delta, tags)
+            codec = self._codecs.get((header >> 3) & 0x0F)
+            if codec is None:
+                raise CodecError(
+                    f"undecodable cache entry: codec id {(header >> 3) & 0x0F} is not configured here"
+                )
+            payload = data[pos:]
+            compression_id = header & 0x07
+            if compression_id:
+                reader = self._readers.get(compression_id)
+                if reader is None:
+                    name = next(
+                        (n for n, i in COMPRESSION_IDS.items() if i == compression_id), str(compression_id)
+                    )
+                    reader = self._compression_reader(name)
+                payload = reader.decompress(payload, self._max_decoded)
+            return Entry(codec.decode(payload), fresh_until, ttl or None, stale_ttl, delta, tags)
         except CodecError:
             raise
         except Exception as exc:
             # Whatever a codec, a decompressor or struct raises on bad input: the entry is unreadable.
             raise CodecError(f"undecodable cache entry: {type(exc).__name__}: {exc}") from exc
-
-    def _decode(self, data: bytes) -> Entry:
-        if not data:
-            raise CodecError("undecodable cache entry: empty")
-        header = data[0]
-        if header < 0x80:
-            return Entry(int(data))
-        if len(data) < 2 or data[1] >> 4 != _FRAME_VERSION:
-            raise CodecError("undecodable cache entry: unknown frame version")
-        flags = data[1]
-        codec_id, compression_id = (header >> 3) & 0x0F, header & 0x07
-        entry = Entry(None)
-        pos = 2
-        if flags & _FLAG_META:
-            fresh_until, ttl, stale_ttl, delta = _META.unpack_from(data, pos)
-            pos += _META.size
-            entry.fresh_until, entry.ttl, entry.stale_ttl, entry.delta = (
-                fresh_until,
-                ttl or None,
-                stale_ttl,
-                delta,
-            )
-        if flags & _FLAG_TAGS:
-            count = data[pos]
-            pos += 1
-            tags = []
-            for _ in range(count):
-                (length,) = _TAG_LEN.unpack_from(data, pos)
-                pos += _TAG_LEN.size
-                tag = data[pos : pos + length].decode()
-                pos += length
-                (version,) = _TAG_VERSION.unpack_from(data, pos)
-                pos += _TAG_VERSION.size
-                tags.append((tag, version))
-            entry.tags = tuple(tags)
-        if flags & _FLAG_NONE:
-            return entry
-        codec = self._codecs.get(codec_id)
-        if codec is None:
-            raise CodecError(f"undecodable cache entry: codec id {codec_id} is not configured here")
-        reader = self._readers.get(compression_id)
-        if reader is None:
-            name = next((n for n, i in COMPRESSION_IDS.items() if i == compression_id), str(compression_id))
-            reader = self._compression_reader(name)
-        payload = reader.decompress(data[pos:], self._max_decoded)
-        entry.value = codec.decode(payload)
-        return entry
 
     def _compression_reader(self, name: str) -> _Compression:
         factory = _COMPRESSIONS.get(name)

@@ -98,6 +98,8 @@ class KeySpace:
 
     def entry(self, key: str) -> str:
         """Return the stored key of entry ``key``."""
+        if type(key) is str and key and len(key) <= self.max_key_length:  # every read: no calls
+            return self._entry_prefix + key
         return self._entry_prefix + self.shorten(self.check(key))
 
     def tag(self, tag: str) -> str:

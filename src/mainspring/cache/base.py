@@ -188,11 +188,18 @@ class BaseCache(AsyncLifecycle, Generic[StoredT]):
         )
 
     async def _fetch(self, keys: Sequence[str]) -> list[StoredT | None] | None:
+        # _timed inlined: this is every read's path, and a coroutine layer costs at each suspension.
+        measure = self.measure_latency
+        started = time.perf_counter() if measure else 0.0
         try:
-            return await self._timed(self._get_raw(keys))
+            stored = await self._get_raw(keys)
         except CacheBackendError as exc:
             self._degraded("get", exc)
             return None
+        finally:
+            if measure:
+                self._counters.observe(time.perf_counter() - started)
+        return stored
 
     async def _store(self, items: Sequence[tuple[str, StoredT]], ttl: float | None) -> bool:
         try:
@@ -246,9 +253,16 @@ class BaseCache(AsyncLifecycle, Generic[StoredT]):
         stored = await self._fetch(keys)
         if stored is None:
             return [None] * len(keys)
-        entries = [
-            None if raw is None else self._decode(key, raw) for key, raw in zip(keys, stored, strict=True)
-        ]
+        if len(keys) == 1:  # the common case, one key: no comprehensions, no set when untagged
+            (raw,) = stored
+            entry = None if raw is None else self._decode(keys[0], raw)
+            if entry is None or not entry.tags:
+                return [entry]
+            entries: list[Entry | None] = [entry]
+        else:
+            entries = [
+                None if raw is None else self._decode(key, raw) for key, raw in zip(keys, stored, strict=True)
+            ]
         tags = {tag for entry in entries if entry is not None for tag, _ in entry.tags}
         if tags:
             versions = await self._tag_versions(sorted(tags), create=False)

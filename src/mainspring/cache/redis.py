@@ -3,9 +3,10 @@
 :class:`RedisCache` runs on ``redis.asyncio``; :class:`SyncRedisCache` offers the same surface to
 synchronous code on redis-py's sync client. Both store the same frames under the same keys, so they
 share entries, counters and tag versions. Every call is bounded by ``timeout`` (waiting for a pooled
-connection included) and goes through a circuit breaker: when Redis is unreachable or slow, reads
-become misses and writes no-ops (logged, counted in ``errors``), and nothing is raised to the caller
-but by ``incr``/``expire``/``ttl``/``clear``, which have no meaningful fallback.
+connection included; the async cache gives up within 1/16 of ``timeout`` past it, see ``Deadlines``)
+and goes through a circuit breaker: when Redis is unreachable or slow, reads become misses and
+writes no-ops (logged, counted in ``errors``), and nothing is raised to the caller but by
+``incr``/``expire``/``ttl``/``clear``, which have no meaningful fallback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from asyncio import current_task
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
@@ -29,6 +31,7 @@ from mainspring.cache._redis_client import (
     RELEASE_SCRIPT,
     SCAN_COUNT,
     ClientOptions,
+    Deadlines,
     Guard,
     RedisTarget,
     async_client,
@@ -95,7 +98,9 @@ class RedisCache(BytesCache):
         self._guard = Guard(f"redis cache at {self.url}", breaker)
         self._client: Any = None
         self._release: Any = None
-        self._reads: dict[str, asyncio.Future[bytes | None]] = {}
+        self._deadlines = Deadlines(self._timeout)
+        #: Single-key GETs in flight: a one-item list holding the future of the readers that joined.
+        self._reads: dict[str, list[asyncio.Future[bytes | None] | None]] = {}
 
     @classmethod
     def from_settings(cls, settings: CacheSettings, extra: Mapping[str, str] | None = None) -> RedisCache:
@@ -147,18 +152,35 @@ class RedisCache(BytesCache):
     # --- the primitives -----------------------------------------------------------------------------
 
     async def _call(self, operation: str, command: Callable[[Any], Awaitable[T]]) -> T:
+        # The hot path of every hit: no context manager, no extra coroutine, one shared timer.
         client = self._client
         if client is None:
             raise CacheBackendError(
                 f"{self._guard.where}: not started; call 'await cache.start()' or use 'async with'"
             )
-        self._guard.check(operation)
+        guard = self._guard
+        if not guard.breaker.quiet:
+            guard.check(operation)
+        task = current_task()
+        if task is None:
+            raise RuntimeError("a Redis cache call must run in an asyncio task")
+        cancelling = task.cancelling()
+        slot = self._deadlines.join(task)
         try:
-            async with asyncio.timeout(self._timeout):
-                result = await command(client)
-        except self._guard.failures as exc:
-            self._guard.failed(operation, exc, self._timeout)
-        self._guard.answered()
+            result = await command(client)
+        except asyncio.CancelledError:
+            if slot.leave(task, cancelling):
+                guard.failed(operation, TimeoutError(), self._timeout)
+            raise
+        except guard.failures as exc:
+            slot.leave(task, cancelling)
+            guard.failed(operation, exc, self._timeout)
+        except BaseException:
+            slot.leave(task, cancelling)
+            raise
+        slot.leave(task, cancelling)
+        if not guard.breaker.quiet:  # else answered() would change nothing
+            guard.answered()
         return result
 
     async def _pipelined(self, operation: str, fill: Callable[[Any], object]) -> list[Any]:
@@ -173,30 +195,41 @@ class RedisCache(BytesCache):
         if len(keys) != 1:
             return await self._pipelined("get_many", lambda p: [p.get(k) for k in keys])
         key = keys[0]
-        shared = self._reads.get(key)
+        reads = self._reads
+        shared = reads.get(key)
         if shared is not None:
             # Coalesced: a GET of this key is in flight; its answer is as fresh as ours would be.
+            future = shared[0]
+            if future is None:
+                future = shared[0] = asyncio.get_running_loop().create_future()
             try:
-                return [await asyncio.shield(shared)]
+                return [await asyncio.shield(future)]
             except asyncio.CancelledError:
-                if not shared.cancelled():
+                if not future.cancelled():
                     raise  # we were cancelled, not the leader
             return [await self._call("get", lambda c: c.get(key))]
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._reads[key] = future
+        # The leader's future is made only when a second reader joins: most reads are alone.
+        flight: list[asyncio.Future[bytes | None] | None] = [None]
+        reads[key] = flight
         try:
             value = await self._call("get", lambda c: c.get(key))
         except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" noise when nobody joined
+            future = flight[0]
+            if future is not None:
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" noise when its readers left
             raise
         except BaseException:
-            future.cancel()
+            future = flight[0]
+            if future is not None:
+                future.cancel()
             raise
         finally:
-            if self._reads.get(key) is future:
-                del self._reads[key]
-        future.set_result(value)
+            if reads.get(key) is flight:
+                del reads[key]
+        future = flight[0]
+        if future is not None:
+            future.set_result(value)
         return [value]
 
     def _forget(self, keys: Iterable[str]) -> None:

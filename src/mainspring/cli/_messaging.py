@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -30,6 +31,7 @@ from mainspring.messaging._transport import (
     DLQ_ERROR_TYPE,
     DLQ_LAST_FAILURE,
     DLQ_REASON,
+    REPLAYED_AT,
 )
 from mainspring.messaging.base import original_headers
 
@@ -157,9 +159,11 @@ def _replay(
         missing = wanted - {r.headers.get(CE_ID) for r in chosen}
         if missing:
             raise NotFoundError(f"no dead letter(s) {sorted(missing)} in {dlq}")
+        replayed_at = datetime.now(UTC).isoformat()
         for record in chosen:
+            headers = {**original_headers(record), REPLAYED_AT: replayed_at}
             await broker.publish_record(
-                Record(topic=topic, body=record.body, headers=original_headers(record), key=record.key)
+                Record(topic=topic, body=record.body, headers=headers, key=record.key)
             )
         return len(chosen)
 

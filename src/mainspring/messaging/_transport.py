@@ -52,6 +52,9 @@ DLQ_ERROR_MESSAGE = "ms_dlq_error_message"
 DLQ_TRACEBACK = "ms_dlq_traceback"
 DLQ_FIRST_FAILURE = "ms_dlq_first_failure"
 DLQ_LAST_FAILURE = "ms_dlq_last_failure"
+#: When a dead letter was published again by a replay (ISO 8601); transports that de-duplicate by
+#: ``ce_id`` (NATS JetStream) treat a replay as a new publication.
+REPLAYED_AT = "ms_replayed_at"
 #: Suffix of the dead-letter topic: ``orders`` -> ``orders.dlq``.
 DLQ_SUFFIX = ".dlq"
 

@@ -11,9 +11,16 @@ from mainspring.security._apikeys import (
     IssuedApiKey,
     MemoryApiKeyStore,
 )
+from mainspring.security._csrf import CsrfProtect
 from mainspring.security._jose import MAX_TOKEN_BYTES
 from mainspring.security._jwks import JwksClient, JwksFetcher, parse_jwks
 from mainspring.security._keys import JWT_ALGORITHMS, JwtAlgorithm, JwtKey, KeyRing
+from mainspring.security._mtls import (
+    IdentitySource,
+    client_tls_context,
+    principal_from_certificate,
+    server_tls_context,
+)
 from mainspring.security._passwords import BCRYPT_MAX_PASSWORD_BYTES, MAX_PASSWORD_CHARS, PasswordHasher
 from mainspring.security._policy import CHARACTER_CLASSES, PasswordPolicy, load_common_passwords
 from mainspring.security._ratelimit import RateLimitBackendError, RateLimiter, RateLimiterStats, RateLimitKey
@@ -29,6 +36,27 @@ from mainspring.security._refresh import (
     RotateOutcome,
 )
 from mainspring.security._revocation import MemoryRevocationList, RedisRevocationList, RevocationList
+from mainspring.security._sessions import (
+    MemorySessionStore,
+    RedisSessionStore,
+    Session,
+    SessionCookie,
+    SessionManager,
+    SessionRecord,
+    SessionStore,
+)
+from mainspring.security._stores_redis import (
+    RedisApiKeyStore,
+    RedisRecoveryCodeStore,
+    RedisRefreshTokenStore,
+    RedisTotpReplayStore,
+)
+from mainspring.security._stores_sql import (
+    SqlApiKeyStore,
+    SqlRecoveryCodeStore,
+    SqlRefreshTokenStore,
+    SqlTotpReplayStore,
+)
 from mainspring.security._tokens import DEFAULT_REQUIRED_CLAIMS, TokenService, VerifiedToken, verify_jws
 from mainspring.security._totp import MemoryTotpReplayStore, Totp, TotpAlgorithm, TotpReplayStore
 
@@ -43,7 +71,9 @@ __all__ = [
     "ApiKeyRecord",
     "ApiKeyService",
     "ApiKeyStore",
+    "CsrfProtect",
     "Decision",
+    "IdentitySource",
     "IssuedApiKey",
     "IssuedRefreshToken",
     "JwksClient",
@@ -56,6 +86,7 @@ __all__ = [
     "MemoryRecoveryCodeStore",
     "MemoryRefreshTokenStore",
     "MemoryRevocationList",
+    "MemorySessionStore",
     "MemoryTotpReplayStore",
     "PasswordHasher",
     "PasswordPolicy",
@@ -66,22 +97,39 @@ __all__ = [
     "RateLimiterStats",
     "RecoveryCodeStore",
     "RecoveryCodes",
+    "RedisApiKeyStore",
+    "RedisRecoveryCodeStore",
+    "RedisRefreshTokenStore",
     "RedisRevocationList",
+    "RedisSessionStore",
+    "RedisTotpReplayStore",
     "RefreshTokenRecord",
     "RefreshTokenService",
     "RefreshTokenStore",
     "RevocationList",
     "RoleSpec",
     "RotateOutcome",
+    "Session",
+    "SessionCookie",
+    "SessionManager",
+    "SessionRecord",
+    "SessionStore",
+    "SqlApiKeyStore",
+    "SqlRecoveryCodeStore",
+    "SqlRefreshTokenStore",
+    "SqlTotpReplayStore",
     "Strategy",
     "TokenService",
     "Totp",
     "TotpAlgorithm",
     "TotpReplayStore",
     "VerifiedToken",
+    "client_tls_context",
     "load_common_passwords",
     "parse_jwks",
     "parse_limit",
+    "principal_from_certificate",
     "rate_limit_headers",
+    "server_tls_context",
     "verify_jws",
 ]

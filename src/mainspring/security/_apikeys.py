@@ -81,7 +81,11 @@ class ApiKeyStore(Protocol):
         ...
 
     async def update(self, record: ApiKeyRecord) -> bool:
-        """Replace the record with the same prefix; return False if there is none."""
+        """Replace the record with the same prefix; return False if there is none.
+
+        A revoked record stays revoked whatever ``record`` says, atomically: a ``verify()`` that read
+        the key before a concurrent ``revoke()`` must not undo it when it writes ``last_used_at``.
+        """
         ...
 
 
@@ -103,9 +107,12 @@ class MemoryApiKeyStore:
         return self._records.get(prefix)
 
     async def update(self, record: ApiKeyRecord) -> bool:
-        """Replace the record with the same prefix."""
-        if record.prefix not in self._records:
+        """Replace the record with the same prefix; a revoked record stays revoked."""
+        current = self._records.get(record.prefix)
+        if current is None:
             return False
+        if current.revoked and not record.revoked:
+            record = dataclasses.replace(record, revoked=True)
         self._records[record.prefix] = record
         return True
 

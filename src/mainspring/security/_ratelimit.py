@@ -199,7 +199,8 @@ class RateLimiter(AsyncLifecycle):
                 "the rate limiter is not started: call await start() or use async with"
             )
         try:
-            decision = await self._backend.decide(self.storage_key(key, limit), limit)
+            # storage_key() inlined: this is the hot path.
+            decision = await self._backend.decide(f"{self._prefix}:{limit.ident}:{key}", limit)
         except RateLimitBackendError as exc:
             decision = self._degraded(limit, exc)
         else:

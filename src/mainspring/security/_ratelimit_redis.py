@@ -120,7 +120,24 @@ _SHAS: dict[Strategy, str] = {
     for strategy, script in _SCRIPTS.items()
 }
 _US = 1_000_000
+_MAX_CACHED_LIMITS = 1024
 _NOT_STARTED = "the Redis rate limiter is not started: call await start() or use async with"
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _command_parts(limit: Limit) -> tuple[bytes, bytes, bytes]:
+    """RESP for EVALSHA/EVAL up to the key, and the arguments after it: only the key varies per call."""
+    args = b"".join(_bulk(str(n).encode()) for n in (limit.rate, limit.per_us, limit.capacity))
+    sha = _SHAS[limit.strategy].encode()
+    script = _SCRIPTS[limit.strategy].encode()
+    return (
+        b"*7\r\n" + _bulk(b"EVALSHA") + _bulk(sha) + _bulk(b"1"),
+        b"*7\r\n" + _bulk(b"EVAL") + _bulk(script) + _bulk(b"1"),
+        args,
+    )
 
 
 class RateLimitBackendError(ServiceUnavailableError):
@@ -132,8 +149,15 @@ class RateLimitBackendError(ServiceUnavailableError):
 class RedisBackend:
     """Rate-limit state in Redis, decided atomically by server-side scripts.
 
-    Every call is bounded by ``timeout`` seconds (socket timeouts and an overall deadline); driver
-    errors come out as :class:`RateLimitBackendError`.
+    Every call is bounded by ``timeout`` seconds (one deadline over waiting for a connection, writing
+    and reading); driver errors come out as :class:`RateLimitBackendError`.
+
+    The hot path talks to redis-py's connections directly rather than through ``Redis.evalsha``: the
+    command is pre-encoded per limit (only the key is encoded per call) and connections are kept on a
+    plain stack instead of the pool's locked, instrumented checkout. redis-py still owns connecting,
+    authentication, TLS and reply parsing. A connection whose exchange did not finish (error, timeout,
+    cancellation) is disconnected by redis-py and reconnects on its next use, so a reply can never be
+    read by the wrong caller.
     """
 
     def __init__(self, url: str, *, timeout: float, max_connections: int = 50) -> None:
@@ -141,16 +165,20 @@ class RedisBackend:
         self._url = url
         self._timeout = timeout
         self._max_connections = max_connections
-        self._client: Any = None
+        self._pool: Any = None
+        self._idle: list[Any] = []
+        self._connections: list[Any] = []
+        self._commands: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._no_script: type[BaseException] = LookupError
+        self._dropped: type[BaseException] = ConnectionError
         # Callers beyond the pool size queue here (within the deadline) instead of failing with
-        # "too many connections"; redis-py's BlockingConnectionPool does the same but costs a task per call.
+        # "too many connections".
         self._slots = asyncio.Semaphore(max_connections)
 
     async def start(self) -> None:
-        """Create the client; the connection opens on first use, so a down Redis doesn't block start."""
-        if self._client is not None:
+        """Prepare the connection factory; connections open on first use, so a down Redis doesn't block."""
+        if self._pool is not None:
             return
         redis = require("redis", extra="redis", feature="the Redis rate-limit backend")
         asyncio_redis = require("redis.asyncio", extra="redis", feature="the Redis rate-limit backend")
@@ -158,63 +186,114 @@ class RedisBackend:
         backoff = require("redis.backoff", extra="redis", feature="the Redis rate-limit backend")
         self._errors = (redis.exceptions.RedisError, OSError, TimeoutError)
         self._no_script = redis.exceptions.NoScriptError
-        pool = asyncio_redis.ConnectionPool.from_url(
+        self._dropped = redis.exceptions.ConnectionError
+        # The pool only parses the URL and makes connections (make_connection); checkout is ours.
+        self._pool = asyncio_redis.ConnectionPool.from_url(
             self._url,
             max_connections=self._max_connections,
             socket_connect_timeout=self._timeout,
-            # No per-read socket timeout: the overall deadline in decide() bounds the whole call, and a
-            # second timer per read costs throughput. Driver retries would only add latency.
+            # No per-read/per-write socket timeout (redis-py 8 defaults to 5 s, one extra task per write
+            # and a timer per read): the deadline in _call() bounds the whole exchange. Driver retries
+            # would only add latency.
+            socket_timeout=None,
             retry=retry.Retry(backoff.NoBackoff(), 0),
         )
-        self._client = asyncio_redis.Redis.from_pool(pool)
 
     async def stop(self) -> None:
-        """Close the client and its connections."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        """Close every connection."""
+        connections, self._connections, self._idle, self._pool = self._connections, [], [], None
+        for connection in connections:
+            await connection.disconnect()
+
+    async def _call(self, head: bytes, key: str, tail: bytes, retry_head: bytes | None = None) -> Any:
+        """Send one command (``head``, the key, ``tail``) on a free connection and return the reply.
+
+        With ``retry_head`` a NOSCRIPT reply is answered by resending with ``retry_head`` (EVAL, which
+        caches the script again) on the same connection.
+        """
+        pool = self._pool
+        if pool is None:
+            raise RateLimitBackendError(_NOT_STARTED)
+        encoded = key.encode()
+        key_part = b"$%d\r\n%s\r\n" % (len(encoded), encoded)
+        async with asyncio.timeout(self._timeout), self._slots:
+            if self._pool is not pool:  # stopped while this call waited for a connection
+                raise RateLimitBackendError(_NOT_STARTED)
+            reused = False
+            if self._idle:
+                connection = self._idle.pop()
+                # The server may have closed an idle connection (timeout, CLIENT KILL, restart): check
+                # before sending, as redis-py's pool does, and reconnect instead of failing the call.
+                if connection.is_connected:
+                    try:
+                        reused = not await connection.can_read()
+                    except self._errors:
+                        reused = False
+                    if not reused:
+                        await connection.disconnect()
+            else:
+                connection = pool.make_connection()
+                self._connections.append(connection)
+            try:
+                try:
+                    reply = await self._exchange(connection, head, key_part, tail, retry_head)
+                except self._dropped:
+                    if not reused:
+                        raise
+                    # Closed by the server after the check above: Redis drops a client between commands,
+                    # so this one did not run. Once more, on a new connection (redis-py disconnected it).
+                    reply = await self._exchange(connection, head, key_part, tail, retry_head)
+            finally:
+                # Back on the stack even after an error: redis-py disconnected it if the exchange broke,
+                # and it reconnects on next use. After stop() it is not ours any more.
+                if self._pool is pool:
+                    self._idle.append(connection)
+        return reply
+
+    async def _exchange(
+        self, connection: Any, head: bytes, key_part: bytes, tail: bytes, retry_head: bytes | None
+    ) -> Any:
+        await connection.send_packed_command(head + key_part + tail, check_health=False)
+        try:
+            return await connection.read_response()
+        except self._no_script:
+            if retry_head is None:
+                raise
+            await connection.send_packed_command(retry_head + key_part + tail, check_health=False)
+            return await connection.read_response()
 
     async def decide(self, key: str, limit: Limit) -> Decision:
         """Run the strategy's script for ``key``: one EVALSHA (EVAL when the script isn't cached)."""
-        client = self._client
-        if client is None:
-            raise RateLimitBackendError(
-                "the Redis rate limiter is not started: call start() or use async with"
-            )
-        strategy = limit.strategy
-        args = (limit.rate, limit.per_us, limit.capacity)
+        parts = self._commands.get(limit.ident)
+        if parts is None:
+            if len(self._commands) >= _MAX_CACHED_LIMITS:  # limits made per request must not pile up
+                self._commands.clear()
+            parts = self._commands[limit.ident] = _command_parts(limit)
         try:
-            async with asyncio.timeout(self._timeout), self._slots:
-                try:
-                    raw = await client.evalsha(_SHAS[strategy], 1, key, *args)
-                except self._no_script:
-                    # EVAL caches the script too, so the next decision is an EVALSHA again.
-                    raw = await client.eval(_SCRIPTS[strategy], 1, key, *args)
+            raw = await self._call(parts[0], key, parts[2], parts[1])
         except self._errors as exc:
             raise RateLimitBackendError(
                 f"Redis rate-limit decision failed ({type(exc).__name__}); check that Redis is reachable",
                 details={"error": type(exc).__name__},
             ) from exc
-        allowed, remaining, reset_us, retry_us = map(int, raw.split())
+        allowed, remaining, reset_us, retry_us = raw.split()
+        if allowed == b"1":
+            return Decision(
+                True, limit.capacity, max(0, int(remaining)), max(0, int(reset_us)) / _US, 0.0, limit.per
+            )
         return Decision(
-            allowed=bool(allowed),
+            allowed=False,
             limit=limit.capacity,
-            remaining=max(0, remaining),
-            reset_after=max(0, reset_us) / _US,
-            retry_after=0.0 if allowed else max(0, retry_us) / _US,
+            remaining=max(0, int(remaining)),
+            reset_after=max(0, int(reset_us)) / _US,
+            retry_after=max(0, int(retry_us)) / _US,
             window=limit.per,
         )
 
     async def reset(self, key: str) -> None:
         """Delete ``key``'s state."""
-        client = self._client
-        if client is None:
-            raise RateLimitBackendError(
-                "the Redis rate limiter is not started: call start() or use async with"
-            )
         try:
-            async with asyncio.timeout(self._timeout):
-                await client.delete(key)
+            await self._call(b"*2\r\n$3\r\nDEL\r\n", key, b"")
         except self._errors as exc:
             raise RateLimitBackendError(
                 f"Redis rate-limit reset failed ({type(exc).__name__}); check that Redis is reachable",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mainspring.errors import ValidationError
+from mainspring.errors import ConfigError, ConfigProblem, ValidationError
 from mainspring.security._jose import (
     b64url_decode,
     b64url_encode,
@@ -25,6 +25,7 @@ from mainspring.security._jose import (
     split_compact,
 )
 from mainspring.security._keys import JwtKey, KeyRing
+from mainspring.security._revocation import RevocationList
 
 #: Claims required by default; each missing one is its own rejection.
 DEFAULT_REQUIRED_CLAIMS: tuple[str, ...] = ("exp", "iat", "iss", "aud", "sub", "jti")
@@ -143,6 +144,9 @@ class TokenService:
     ``issuer`` and ``audience`` are written into issued tokens and required on verified ones;
     ``leeway`` (seconds) absorbs clock skew for ``exp``, ``nbf`` and ``iat``. ``clock`` returns seconds
     since the epoch (tests pass a fixed one).
+
+    With a ``revocation`` list, tokens are checked against it by :meth:`verify_async`; the list is
+    async (Redis), so the sync :meth:`verify` then refuses to run rather than skip the check.
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class TokenService:
         required: Iterable[str] = DEFAULT_REQUIRED_CLAIMS,
         understood_crit: Collection[str] = (),
         clock: Callable[[], float] = time.time,
+        revocation: RevocationList | None = None,
     ) -> None:
         if access_ttl <= 0:
             raise ValidationError("access_ttl must be positive")
@@ -169,6 +174,12 @@ class TokenService:
         self.required: tuple[str, ...] = tuple(required)
         self._crit = frozenset(understood_crit)
         self._clock = clock
+        if revocation is not None and not isinstance(revocation, RevocationList):
+            raise ConfigError(
+                "invalid TokenService settings",
+                problems=[ConfigProblem("revocation", "must implement RevocationList (is_revoked, revoke)")],
+            )
+        self.revocation = revocation
 
     @property
     def ring(self) -> KeyRing:
@@ -218,7 +229,35 @@ class TokenService:
         return f"{signing_input}.{b64url_encode(key.sign(signing_input.encode('ascii')))}"
 
     def verify(self, token: str | bytes) -> VerifiedToken:
-        """Verify the signature and every claim rule; raise :class:`AuthenticationError` on any failure."""
+        """Verify the signature and every claim rule; raise :class:`AuthenticationError` on any failure.
+
+        A service built with a ``revocation`` list must call :meth:`verify_async` instead: this method
+        cannot await the list, and raises :class:`ConfigError` rather than accept a revoked token.
+        """
+        if self.revocation is not None:
+            raise ConfigError(
+                "this TokenService checks a revocation list, which is async: use `await verify_async(token)`"
+            )
+        return self._verify(token)
+
+    async def verify_async(self, token: str | bytes) -> VerifiedToken:
+        """Verify like :meth:`verify`, then refuse a token whose ``jti`` is on the revocation list.
+
+        Without a ``revocation`` list it is :meth:`verify`. A revoked token raises
+        :class:`AuthenticationError` (reason ``revoked``); a token without a ``jti`` cannot be checked
+        and is refused (reason ``missing_jti``). A list that cannot answer (Redis down) raises
+        :class:`~mainspring.errors.ServiceUnavailableError`: the check fails closed.
+        """
+        verified = self._verify(token)
+        if self.revocation is not None:
+            jti = verified.jti
+            if not jti:
+                reject("missing_jti", "the token has no 'jti', so its revocation cannot be checked")
+            if await self.revocation.is_revoked(jti):
+                reject("revoked", "token has been revoked")
+        return verified
+
+    def _verify(self, token: str | bytes) -> VerifiedToken:
         verified = self.verify_signature_only(token)
         self._check_claims(verified.claims)
         return verified

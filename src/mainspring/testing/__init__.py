@@ -6,9 +6,23 @@ The pytest plugin (:mod:`mainspring.testing.plugin`, loaded automatically) provi
 namespace. See ``docs/testing.md``.
 """
 
+from mainspring.testing._kafka import MockKafkaCluster, mock_kafka_cluster
 from mainspring.testing._logs import capture_logs
 from mainspring.testing._services import require_services
 from mainspring.testing._settings import SettingsFactory
+from mainspring.testing._tls import CertificateAuthority, IssuedCertificate, issue_test_cert, make_test_ca
 from mainspring.testing._url import Isolation, ServiceURL
 
-__all__ = ["Isolation", "ServiceURL", "SettingsFactory", "capture_logs", "require_services"]
+__all__ = [
+    "CertificateAuthority",
+    "Isolation",
+    "IssuedCertificate",
+    "MockKafkaCluster",
+    "ServiceURL",
+    "SettingsFactory",
+    "capture_logs",
+    "issue_test_cert",
+    "make_test_ca",
+    "mock_kafka_cluster",
+    "require_services",
+]

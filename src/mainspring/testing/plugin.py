@@ -4,7 +4,8 @@ Loaded automatically through the ``pytest11`` entry point once mainspring is ins
 fixture (``postgres_url``, ``mariadb_url``, ``redis_url``, ``rabbitmq_url``, ``nats_url``) checks that
 its service answers (once per session), hands the test an isolated namespace as a
 :class:`~mainspring.testing.ServiceURL`, and cleans up afterwards. An unreachable service skips the
-test, or fails it when ``MAINSPRING_REQUIRE_SERVICES=1``.
+test, or fails it when ``MAINSPRING_REQUIRE_SERVICES=1``. ``kafka_url`` needs no server: it points
+into an in-process librdkafka mock cluster (``kafka_cluster``, one per session).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from mainspring.testing._isolation import (
     isolated_postgres,
     isolated_rabbitmq,
     isolated_redis,
+    new_namespace,
 )
+from mainspring.testing._kafka import MockKafkaCluster, mock_kafka_cluster
 from mainspring.testing._logs import capture_logs
 from mainspring.testing._services import (
     SessionState,
@@ -35,6 +38,8 @@ from mainspring.testing._url import ServiceURL, mask_password
 
 __all__ = [
     "captured_logs",
+    "kafka_cluster",
+    "kafka_url",
     "mariadb_url",
     "nats_url",
     "postgres_url",
@@ -47,7 +52,9 @@ __all__ = [
 ]
 
 #: Fixtures that talk to a real service; tests using one get the ``integration`` marker.
-SERVICE_FIXTURES = frozenset({"postgres_url", "mariadb_url", "redis_url", "rabbitmq_url", "nats_url"})
+SERVICE_FIXTURES = frozenset(
+    {"postgres_url", "mariadb_url", "redis_url", "rabbitmq_url", "nats_url", "kafka_url"}
+)
 
 _STATE = pytest.StashKey[SessionState]()
 
@@ -158,6 +165,24 @@ def rabbitmq_url(pytestconfig: pytest.Config) -> Iterator[ServiceURL]:
 def nats_url(pytestconfig: pytest.Config) -> Iterator[ServiceURL]:
     """A NATS URL and a unique ``namespace`` prefix; streams and KV buckets using it are deleted after."""
     yield from _provide(pytestconfig, "nats", isolated_nats)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[MockKafkaCluster]:
+    """A librdkafka mock Kafka cluster (3 brokers, in process) shared by the session's tests."""
+    with mock_kafka_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kafka_url(kafka_cluster: MockKafkaCluster) -> ServiceURL:
+    """A ``kafka://`` URL to the session's mock cluster and a unique topic/group prefix for this test."""
+    return ServiceURL(
+        f"kafka://{kafka_cluster.bootstrap_servers}",
+        service="kafka",
+        namespace=new_namespace(),
+        isolation="prefix",
+    )
 
 
 @pytest.fixture

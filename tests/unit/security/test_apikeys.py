@@ -149,6 +149,7 @@ EXPECTED = {
     "example_apikeys": ["True", "svc-billing ('orders:read',)", "was revoked"],
     "example_revocation": ["True False"],
     "example_refresh": ["user-42 True", "already used, so its session was revoked", "session was revoked"],
+    "example_sql_stores": ["key of svc-billing", "refreshed user-42"],
 }
 
 

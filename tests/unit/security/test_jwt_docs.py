@@ -14,6 +14,7 @@ EXAMPLES = dict(BLOCK.findall(DOC.read_text(encoding="utf-8")))
 EXPECTED = {
     "example_issue": ["user-42 orders:read 2026-11"],
     "example_rotation": ["k1 k2", "['k2', 'k1']", "['k2']"],
+    "example_revoked": ["user-42", "revoked | JWT rejected: token has been revoked"],
     "example_rejections": [
         "expired | JWT rejected: the token expired 100 s ago (leeway 30 s)",
         "alg_none | JWT rejected: alg 'none'",

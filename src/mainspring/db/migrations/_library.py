@@ -22,7 +22,18 @@ SERVICE_BRANCH: Final = "app"
 
 #: Tables created by the library's migrations. A service's autogenerate leaves them alone: it neither
 #: creates them in the service's branch (they are in ``mainspring.db.Base.metadata``) nor drops them.
-LIBRARY_TABLES: Final[frozenset[str]] = frozenset({"change_log"})
+LIBRARY_TABLES: Final[frozenset[str]] = frozenset(
+    {
+        "change_log",
+        "inbox",
+        "ms_api_key",
+        "ms_recovery_code",
+        "ms_refresh_family",
+        "ms_refresh_token",
+        "ms_totp_replay",
+        "outbox",
+    }
+)
 
 #: The folder holding the library's revision files (one Alembic version location).
 LIBRARY_VERSIONS: Final[Path] = Path(__file__).resolve().parent / "versions"
