@@ -93,6 +93,23 @@ async def test_nested_transaction_recovers_from_a_constraint_violation(db: Datab
     assert await names(db) == ["a", "b"]
 
 
+async def test_savepoint_of_an_outer_unit_that_has_not_touched_the_database_yet(db: Database) -> None:
+    async with db.transaction() as seed:
+        await seed.session.execute(insert(items).values(id=1, name="a"))
+
+    async def duplicate() -> None:
+        async with db.transaction() as inner:
+            await inner.session.execute(insert(items).values(id=2, name="a"))
+
+    async with db.transaction() as outer:
+        # No statement has run in the outer unit yet: the SAVEPOINT must still be real, so the
+        # failed insert rolls back to it instead of aborting the whole transaction (PostgreSQL).
+        with pytest.raises(ConflictError):
+            await duplicate()
+        await outer.session.execute(insert(items).values(id=3, name="b"))
+    assert await names(db) == ["a", "b"]
+
+
 async def test_failed_orm_flush_in_a_savepoint_rolls_back_only_the_savepoint(db: Database) -> None:
     async def duplicate_via_orm() -> None:
         async with db.transaction() as inner:
