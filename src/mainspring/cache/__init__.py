@@ -1,4 +1,4 @@
-"""Caching: an in-memory cache now (Redis and multi-level to come), one async contract for all.
+"""Caching: memory, Redis and multi-level caches behind one async contract.
 
 ::
 
@@ -30,6 +30,7 @@ from mainspring.cache._decorators import (
     set_default_cache,
 )
 from mainspring.cache._errors import CacheBackendError, CacheLoaderTimeoutError
+from mainspring.cache._events import EventInvalidator
 from mainspring.cache._factory import create_cache
 from mainspring.cache._keys import KeySpace, canonical, function_key
 from mainspring.cache._options import CacheOptions
@@ -65,6 +66,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "Entry",
+    "EventInvalidator",
     "JsonCodec",
     "KeySpace",
     "MemoryCache",
