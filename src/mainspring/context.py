@@ -36,6 +36,8 @@ __all__ = [
     "new_correlation_id",
     "new_request_id",
     "parse_traceparent",
+    "reset_context",
+    "set_context",
 ]
 
 CORRELATION_ID_HEADER = "X-Correlation-ID"
@@ -140,6 +142,22 @@ def bind_context(**values: Any) -> Iterator[RequestContext]:
         yield new
     finally:
         _current.reset(token)
+
+
+def set_context(context: RequestContext) -> contextvars.Token[RequestContext]:
+    """Make ``context`` the current context and return the token that undoes it.
+
+    The low-level form of :func:`bind_context` for hot paths that build a whole context at once
+    (a message handler's); always pair it with :func:`reset_context` in a ``finally``.
+    """
+    if not isinstance(context, RequestContext):
+        raise TypeError(f"set_context() needs a RequestContext, got {type(context).__name__}")
+    return _current.set(context)
+
+
+def reset_context(token: contextvars.Token[RequestContext]) -> None:
+    """Restore the context that was current before :func:`set_context` returned ``token``."""
+    _current.reset(token)
 
 
 def new_correlation_id() -> str:

@@ -18,9 +18,11 @@ from mainspring.config._sections import (
     CacheSettings,
     DatabaseSettings,
     DatabaseTLS,
+    HttpClientSettings,
     LogFileSettings,
     LoggingSettings,
     MessagingSettings,
+    TracingSettings,
 )
 from mainspring.config._settings import BUILTIN_PROFILES, CorsSettings, Settings, SupportsProductionCheck
 from mainspring.config._sources import SettingsSources
@@ -31,12 +33,14 @@ __all__ = [
     "CorsSettings",
     "DatabaseSettings",
     "DatabaseTLS",
+    "HttpClientSettings",
     "LogFileSettings",
     "LoggingSettings",
     "MessagingSettings",
     "Settings",
     "SettingsSources",
     "SupportsProductionCheck",
+    "TracingSettings",
     "load_settings",
     "load_settings_with_sources",
 ]

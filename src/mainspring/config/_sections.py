@@ -398,3 +398,80 @@ class MessagingSettings(_Section):
             supported = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
             raise ValueError(f"unsupported broker URL {value.split('?')[0]!r}; use one of: {supported}")
         return value.strip()
+
+
+#: Routes never traced by default: health probes and the Prometheus scrape.
+DEFAULT_TRACING_EXCLUDED_URLS: tuple[str, ...] = ("/health/*", "/metrics")
+
+
+class TracingSettings(_Section):
+    """Distributed tracing (OpenTelemetry, extra ``otel``): exporter, sampling and untraced routes.
+
+    ``init_tracing(settings)`` reads it. Off by default; with ``enabled: false`` nothing is imported and
+    every tracing call is a no-op.
+    """
+
+    enabled: bool = Field(default=False, description="turn tracing on (needs the otel extra)")
+    exporter: Literal["none", "console", "otlp"] = Field(
+        default="none", description="where spans go: none (ids only), console (stdout), otlp (HTTP)"
+    )
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces"
+    )
+    otlp_timeout: float = Field(default=10.0, gt=0, description="seconds per OTLP export request")
+    sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="share of new traces recorded; callers' decisions are kept"
+    )
+    excluded_urls: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TRACING_EXCLUDED_URLS),
+        description="request paths never traced; a trailing /* matches the path and everything below",
+    )
+
+    @field_validator("excluded_urls")
+    @classmethod
+    def _check_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or "," in path:
+                raise ValueError(f"excluded url {path!r} must be a path starting with '/' and without commas")
+        return value
+
+    @model_validator(mode="after")
+    def _check_endpoint(self) -> Self:
+        if self.enabled and self.exporter == "otlp" and not self.otlp_endpoint:
+            raise ValueError("exporter 'otlp' needs otlp_endpoint (e.g. http://collector:4318/v1/traces)")
+        if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"otlp_endpoint {self.otlp_endpoint!r} must be an http:// or https:// URL")
+        return self
+
+
+class HttpClientSettings(_Section):
+    """Outgoing HTTP (``mainspring.web.http_client``): timeouts, pool, retries and the per-host breaker."""
+
+    connect_timeout: float = Field(default=5.0, gt=0, description="seconds to open a connection")
+    read_timeout: float = Field(default=30.0, gt=0, description="seconds to wait for each chunk of response")
+    write_timeout: float = Field(default=30.0, gt=0, description="seconds to send each chunk of request")
+    pool_timeout: float = Field(default=5.0, gt=0, description="seconds to wait for a free connection")
+    max_connections: int = Field(default=100, ge=1, description="open connections, all hosts together")
+    max_keepalive_connections: int = Field(default=20, ge=0, description="idle connections kept")
+    retries: int = Field(default=2, ge=0, description="retries of an idempotent request (attempts - 1)")
+    backoff_base: float = Field(default=0.1, gt=0, description="seconds; retry n waits up to base * 2**n")
+    backoff_max: float = Field(default=5.0, gt=0, description="seconds; the longest backoff wait")
+    retry_after_max: float = Field(
+        default=30.0, ge=0, description="seconds; a longer Retry-After is not waited for, the reply returns"
+    )
+    breaker_enabled: bool = Field(default=True, description="one circuit breaker per host")
+    breaker_failure_rate: float = Field(
+        default=0.5, gt=0, le=1, description="failure rate (5xx, connection errors) that opens a breaker"
+    )
+    breaker_minimum_calls: int = Field(default=10, ge=1, description="calls a breaker sees before judging")
+    breaker_window_size: int = Field(default=100, ge=1, description="calls in a breaker's sliding window")
+    breaker_open_duration: float = Field(default=30.0, gt=0, description="seconds open before probing")
+
+    @model_validator(mode="after")
+    def _check_breaker_window(self) -> Self:
+        if self.breaker_minimum_calls > self.breaker_window_size:
+            raise ValueError(
+                f"breaker_minimum_calls ({self.breaker_minimum_calls}) must be <= breaker_window_size "
+                f"({self.breaker_window_size})"
+            )
+        return self

@@ -11,8 +11,10 @@ from mainspring.config._safety import DEV_SECRET_KEY, debug_level_problems, secr
 from mainspring.config._sections import (
     CacheSettings,
     DatabaseSettings,
+    HttpClientSettings,
     LoggingSettings,
     MessagingSettings,
+    TracingSettings,
     _Section,
     database_name_problem,
 )
@@ -91,6 +93,12 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings, description="the cache (mainspring.cache)")
     messaging: MessagingSettings = Field(
         default_factory=MessagingSettings, description="the message broker (mainspring.messaging)"
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings, description="OpenTelemetry tracing (mainspring.observability)"
+    )
+    http_client: HttpClientSettings = Field(
+        default_factory=HttpClientSettings, description="outgoing HTTP (mainspring.web.http_client)"
     )
 
     @classmethod

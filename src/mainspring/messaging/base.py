@@ -29,7 +29,7 @@ import pydantic
 from pydantic import BaseModel
 
 from mainspring._lifecycle import AsyncLifecycle
-from mainspring.context import bind_context, get_context, parse_traceparent
+from mainspring.context import RequestContext, get_context, parse_traceparent, reset_context, set_context
 from mainspring.errors import BadRequestError, ConfigError
 from mainspring.logging import get_logger
 from mainspring.messaging._codecs import Codec, InvalidPayloadError, JsonCodec, MsgpackCodec
@@ -240,6 +240,11 @@ def build_record(
     body, codec_headers = codec.encode(message.data)
     ctx = get_context()
     out: dict[str, str] = dict(message.headers)
+    for name, value in out.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise BadRequestError(
+                f"Message.headers must map str to str, got {name!r}: {value!r}", code="invalid_message"
+            )
     if headers:
         for name, value in headers.items():
             if not isinstance(name, str) or not isinstance(value, str):
@@ -665,24 +670,26 @@ class Broker(AsyncLifecycle):
                 await delivery.release()
                 self.stats.released += 1
                 return
-        trace = parse_traceparent(delivery.record.headers.get(CE_TRACEPARENT))
-        context: dict[str, Any] = {
-            "correlation_id": message.correlation_id or message.id,
-            "causation_id": message.id,
-        }
-        if trace is not None:
-            context["trace_id"], context["span_id"], context["trace_flags"] = trace
+        traceparent = delivery.record.headers.get(CE_TRACEPARENT)
+        trace = parse_traceparent(traceparent) if traceparent is not None else None
+        context = RequestContext(
+            correlation_id=message.correlation_id or message.id,
+            causation_id=message.id,
+            trace_id=trace[0] if trace is not None else None,
+            span_id=trace[1] if trace is not None else None,
+            trace_flags=trace[2] if trace is not None else None,
+        )
+        token = set_context(context)
         try:
-            with bind_context(**context):
-                if info.inbox:
-                    assert self.inbox is not None  # checked at registration
-                    ran = await self.inbox.process(
-                        message, info.group, lambda: self._call_handler(info, args)
-                    )
-                    if not ran:
-                        self.stats.duplicates_skipped += 1
-                else:
-                    await self._call_handler(info, args)
+            if info.inbox:
+                assert self.inbox is not None  # checked at registration
+                ran = await self.inbox.process(message, info.group, lambda: self._call_handler(info, args))
+                if not ran:
+                    self.stats.duplicates_skipped += 1
+            elif info.is_async:
+                await info.handler(*args)
+            else:
+                await asyncio.to_thread(info.handler, *args)
         except asyncio.CancelledError:
             if permit is not None:
                 permit.release()
@@ -699,6 +706,8 @@ class Broker(AsyncLifecycle):
                 permit.record(exc)
             await self._failed(info, delivery, exc)
             return
+        finally:
+            reset_context(token)
         if permit is not None:
             permit.record(None)
         await delivery.ack()

@@ -101,14 +101,15 @@ async def test_a_write_during_a_read_makes_later_readers_send_their_own_get(
         await asyncio.sleep(0.05)
         gate.open.set()
         await writing
+        # Which of the three reaches Redis first is up to the proxy's connections; what matters is
+        # that the read after the write did not join the read from before it.
         assert await first in ("old", "new")
-        assert await second == "new"
+        assert await second in ("old", "new")
         assert gets[0] == 2
+        assert await cache.get("k") == "new"
 
 
-async def test_a_reader_whose_leader_was_cancelled_reads_by_itself(
-    redis_url: ServiceURL, gate: Gate
-) -> None:
+async def test_a_reader_whose_leader_was_cancelled_reads_by_itself(redis_url: ServiceURL, gate: Gate) -> None:
     async with RedisCache(await gate.start(redis_url), timeout=5.0) as cache:
         await cache.set("k", "v")
         gets = _count_gets(cache)
@@ -184,8 +185,11 @@ async def test_a_deadline_does_not_swallow_a_cancellation_that_came_with_it() ->
     alone = asyncio.create_task(call("alone"))
     both = asyncio.create_task(call("both"))
     await asyncio.sleep(0)  # both calls joined their deadline and wait
-    time.sleep(0.1)  # noqa: ASYNC251 - the loop must be blocked past the deadline, its timer not yet run
-    both.cancel()  # someone else cancels `both` before the deadline's timer runs
+    loop = asyncio.get_running_loop()
+    # Someone else cancels `both` after the deadline's timer fired, before the task got to run:
+    # the loop is blocked past both moments, so both timers run in one go, in order.
+    loop.call_at(loop.time() + 0.09, both.cancel)
+    time.sleep(0.12)  # noqa: ASYNC251 - blocking the loop on purpose, see above
     results = await asyncio.gather(alone, both, return_exceptions=True)
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
     assert outcome == {"alone": "timed out", "both": "cancelled"}
