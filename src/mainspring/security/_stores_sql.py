@@ -176,7 +176,7 @@ class _SqlStore:
         isolation: IsolationLevel | None = None
         if self._db.dialect == "mysql" and self._db.current() is None:
             isolation = "READ COMMITTED"
-        return await self._db.run_in_transaction(attempt, attempts=5, isolation_level=isolation)
+        return await self._db.run_in_transaction(attempt, attempts=10, isolation_level=isolation)
 
     async def _insert_new(self, connection: AsyncConnection, statement: Insert) -> bool:
         """Run ``statement`` in a SAVEPOINT; return False if it hit a unique constraint (the row exists).
