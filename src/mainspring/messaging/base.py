@@ -69,6 +69,8 @@ __all__ = ["Broker", "BrokerStats", "Inbox", "SubscriberInfo", "as_message", "bu
 log = get_logger("mainspring.messaging")
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: ``observer(topic, group, outcome, handler_seconds)``; see :attr:`Broker.observer`.
+Observer = Callable[[str, str, str, float | None], None]
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
@@ -299,13 +301,15 @@ class Broker(AsyncLifecycle):
         inbox: Inbox | None = None,
         fetch_timeout: float = 1.0,
         drain_timeout: float = 10.0,
+        observer: Observer | None = None,
     ) -> None:
         """Use ``transport``; ``codec`` encodes what we publish (JSON by default).
 
         ``codecs`` are extra codecs for decoding, chosen by each record's ``content-type`` (JSON and,
         when msgpack is installed, msgpack are always known). ``source`` is the CloudEvents ``source``
         of our messages (usually the service name). ``inbox`` serves subscribers made with
-        ``inbox=True``.
+        ``inbox=True``. ``observer(topic, group, outcome, seconds)`` hears every settled delivery's
+        outcome (``handled``, ``retried``, ``dead_lettered``, ``duplicate``, ``released``, ``failed``).
         """
         if not isinstance(transport, Transport):
             raise ConfigError(
@@ -325,6 +329,9 @@ class Broker(AsyncLifecycle):
         self.fetch_timeout = fetch_timeout
         self.drain_timeout = drain_timeout
         self.stats = BrokerStats()
+        #: Called as ``observer(topic, group, outcome, handler_seconds)`` once per settled delivery;
+        #: the runtime points it at ``mainspring.observability.record_message``.
+        self.observer: Observer | None = observer
         self._subscribers: list[SubscriberInfo] = []
         self._runners: list[_Runner] = []
         self._started = False
@@ -594,6 +601,7 @@ class Broker(AsyncLifecycle):
                 error=f"{type(error).__name__}: {error}",
             )
             await delivery.ack()
+            self._observe(info, "failed", None)
             return
         now = _utc_now_text()
         headers = dict(record.headers)
@@ -611,6 +619,7 @@ class Broker(AsyncLifecycle):
         )
         await delivery.ack()
         self.stats.dead_lettered += 1
+        self._observe(info, "dead_lettered", None)
         log.error(
             "message sent to the dead-letter topic",
             topic=info.topic,
@@ -638,6 +647,7 @@ class Broker(AsyncLifecycle):
         headers[DLQ_LAST_FAILURE] = now
         await delivery.retry(delay, headers)
         self.stats.retried += 1
+        self._observe(info, "retried", None)
         log.warning(
             "message handler failed; retrying later",
             topic=info.topic,
@@ -667,8 +677,7 @@ class Broker(AsyncLifecycle):
             try:
                 permit = info.breaker.acquire()
             except CircuitOpenError:
-                await delivery.release()
-                self.stats.released += 1
+                await self._release(delivery, info)
                 return
         traceparent = delivery.record.headers.get(CE_TRACEPARENT)
         trace = parse_traceparent(traceparent) if traceparent is not None else None
@@ -680,12 +689,16 @@ class Broker(AsyncLifecycle):
             trace_flags=trace[2] if trace is not None else None,
         )
         token = set_context(context)
+        began = time.perf_counter()
+        duplicate = False
         try:
             if info.inbox:
                 assert self.inbox is not None  # checked at registration
                 ran = await self.inbox.process(message, info.group, lambda: self._call_handler(info, args))
                 if not ran:
                     self.stats.duplicates_skipped += 1
+                    self._observe(info, "duplicate", None)
+                    duplicate = True
             elif info.is_async:
                 await info.handler(*args)
             else:
@@ -693,7 +706,7 @@ class Broker(AsyncLifecycle):
         except asyncio.CancelledError:
             if permit is not None:
                 permit.release()
-            await asyncio.shield(self._release(delivery))
+            await asyncio.shield(self._release(delivery, info))
             raise
         except InvalidPayloadError as exc:  # a handler may validate further
             if permit is not None:
@@ -712,10 +725,22 @@ class Broker(AsyncLifecycle):
             permit.record(None)
         await delivery.ack()
         self.stats.handled += 1
+        if not duplicate:
+            self._observe(info, "handled", time.perf_counter() - began)
 
-    async def _release(self, delivery: Delivery) -> None:
+    async def _release(self, delivery: Delivery, info: SubscriberInfo | None = None) -> None:
         await delivery.release()
         self.stats.released += 1
+        if info is not None:
+            self._observe(info, "released", None)
+
+    def _observe(self, info: SubscriberInfo, outcome: str, seconds: float | None) -> None:
+        observer = self.observer
+        if observer is not None:
+            try:
+                observer(info.topic, info.group, outcome, seconds)
+            except Exception as exc:  # noqa: BLE001 - metrics must never fail message handling
+                log.warning("message observer failed", error=f"{type(exc).__name__}: {exc}")
 
 
 class _Runner:
@@ -831,7 +856,7 @@ class _Runner:
             queue.put_nowait(None)
         for delivery in released:
             self.outstanding -= 1
-            await self.broker._release(delivery)
+            await self.broker._release(delivery, self.info)
         started = time.monotonic()
         if self.lane_tasks:
             _done, pending = await asyncio.wait(self.lane_tasks, timeout=max(0.0, drain_timeout))

@@ -1,4 +1,4 @@
-"""The web runtime: an outgoing HTTP client today (the FastAPI app factory joins it later).
+"""The web runtime: the FastAPI app factory and an outgoing HTTP client.
 
 ::
 
@@ -10,6 +10,7 @@
 See ``docs/http-client.md``.
 """
 
+from mainspring.web._app import RequestMiddleware, create_app
 from mainspring.web._http_client import (
     IDEMPOTENT_METHODS,
     RETRY_STATUSES,
@@ -25,8 +26,10 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
     "HttpClientMetrics",
+    "RequestMiddleware",
     "ResilientTransport",
     "RetryPolicy",
+    "create_app",
     "http_client",
     "parse_retry_after",
     "propagate_context",

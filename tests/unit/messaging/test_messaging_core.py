@@ -293,3 +293,26 @@ async def test_open_breaker_pauses_fetching_and_a_probe_resumes_it() -> None:
         clock[0] += 6  # open_duration passed: half-open, one probe goes through
         await _until(lambda: sorted(set(seen)) == [0, 1, 2, 3, 4] and broker.stats.handled == 5)
     assert breaker.state is CircuitState.CLOSED
+
+
+async def test_the_observer_hears_each_delivery_outcome() -> None:
+    heard: list[tuple[str, str, str, bool]] = []
+    broker = _broker()
+    broker.observer = lambda topic, group, outcome, seconds: heard.append(
+        (topic, group, outcome, seconds is not None)
+    )
+
+    @broker.subscriber("t", group="g", retry=RetryPolicy(max_attempts=2, backoff=0.01, jitter=0))
+    async def handle(message: Message) -> None:
+        if message.data["fail"]:
+            raise RuntimeError("no")
+
+    async with broker:
+        await broker.publish("t", {"fail": False})
+        await broker.publish("t", {"fail": True})
+        await _until(lambda: broker.stats.dead_lettered == 1 and broker.stats.handled == 1)
+    assert sorted(heard) == [
+        ("t", "g", "dead_lettered", False),
+        ("t", "g", "handled", True),
+        ("t", "g", "retried", False),
+    ]

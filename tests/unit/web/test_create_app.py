@@ -1,0 +1,127 @@
+"""``create_app``: the chassis around a route: ids, problems, health, metrics, draining, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from mainspring.context import get_context
+from mainspring.errors import NotFoundError, RateLimitedError
+from mainspring.observability import MetricsRegistry
+from mainspring.service import Service
+from mainspring.web import create_app
+
+router = APIRouter()
+
+
+class Item(BaseModel):
+    name: str
+    price: float
+
+
+@router.get("/items/{item_id}")
+async def get_item(item_id: int) -> dict[str, Any]:
+    if item_id == 404:
+        raise NotFoundError(f"item {item_id} not found")
+    if item_id == 429:
+        raise RateLimitedError("slow down", retry_after=3)
+    if item_id == 500:
+        raise RuntimeError("database password is hunter2")
+    return {"id": item_id, "correlation_id": get_context().correlation_id}
+
+
+@router.post("/items")
+async def create_item(item: Item) -> Item:
+    return item
+
+
+class Journal:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def start(self) -> None:
+        self.events.append("start")
+
+    async def stop(self) -> None:
+        self.events.append("stop")
+
+
+@pytest.fixture
+def metrics() -> MetricsRegistry:
+    return MetricsRegistry()
+
+
+@pytest.fixture
+async def client(metrics: MetricsRegistry) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(routers=[router], metrics=metrics, title="items")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as made:
+        yield made
+
+
+async def test_ids_are_bound_and_echoed(client: httpx.AsyncClient) -> None:
+    response = await client.get("/items/1", headers={"X-Correlation-ID": "corr-1"})
+    assert response.status_code == 200
+    assert response.json() == {"id": 1, "correlation_id": "corr-1"}
+    assert response.headers["x-correlation-id"] == "corr-1"
+    assert len(response.headers["x-request-id"]) == 32
+    fresh = await client.get("/items/2")
+    assert fresh.headers["x-correlation-id"] == fresh.json()["correlation_id"]
+    assert "x-content-type-options" in {k.lower() for k in fresh.headers}  # security headers on
+
+
+async def test_errors_are_problem_json(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/items/404")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["detail"] == "item 404 not found"
+    limited = await client.get("/items/429")
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "3")
+    invalid = await client.post("/items", json={"name": "x", "price": "cheap"})
+    assert invalid.status_code == 422
+    assert invalid.headers["content-type"] == "application/problem+json"
+    assert invalid.json()["errors"][0]["loc"] == ["body", "price"]
+    crashed = await client.get("/items/500", headers={"X-Correlation-ID": "corr-500"})
+    assert crashed.status_code == 500
+    assert crashed.headers["content-type"] == "application/problem+json"
+    assert "hunter2" not in crashed.text
+    assert crashed.headers["x-correlation-id"] == "corr-500"
+
+
+async def test_health_and_metrics_routes(client: httpx.AsyncClient, metrics: MetricsRegistry) -> None:
+    for path in ("/health/live", "/health/ready"):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        assert response.json()["status"] == "pass"
+    await client.get("/items/7")
+    await client.get("/items/8")
+    scraped = await client.get("/metrics")
+    assert scraped.status_code == 200
+    text = scraped.text
+    assert 'http_requests_total{method="GET",route="/items/{item_id}",status="200"} 2.0' in text
+    assert "/items/7" not in text  # never the raw path
+
+
+async def test_lifespan_runs_the_service_and_draining_refuses_new_requests() -> None:
+    journal = Journal()
+    service = Service(name="items")
+    service.add("journal", journal)
+    app = create_app(service=service, routers=[router], metrics=MetricsRegistry())
+    async with app.router.lifespan_context(app):
+        assert journal.events == ["start"]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/items/1")).status_code == 200
+            assert (await client.get("/health/startup")).status_code == 200
+            service.set_ready(False)  # what SIGTERM does first
+            refused = await client.get("/items/1")
+            assert refused.status_code == 503
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert (await client.get("/health/ready")).status_code == 503
+            assert (await client.get("/health/live")).status_code == 200
+    assert journal.events == ["start", "stop"]
