@@ -1149,7 +1149,11 @@ async def e2e_section(bench: Any, sizes: Sizes, backend: str, notes: list[str]) 
 
 
 async def outbox_section(
-    pg_url: str, targets: dict[str, Callable[[], Any]], sizes: Sizes, results: Results
+    pg_url: str,
+    targets: dict[str, Callable[[], Any]],
+    sizes: Sizes,
+    results: Results,
+    relay_batch: int = 200,
 ) -> None:
     """Relay N pre-filled outbox rows to each target; also time ``Outbox.add``."""
     import asyncpg
@@ -1240,7 +1244,7 @@ async def outbox_section(
                             rows,
                         )
                         await conn.execute("ANALYZE outbox")
-                        relay = OutboxRelay(db, broker, listen=False)
+                        relay = OutboxRelay(db, broker, batch_size=relay_batch, listen=False)
                         relayed = 0
                         with PROFILER.around(f"outbox relay {backend}"):
                             started = time.perf_counter()
@@ -1258,7 +1262,8 @@ async def outbox_section(
                     finally:
                         await broker.stop(drain_timeout=0)
                         await conn.execute("TRUNCATE outbox")
-                results.outbox[f"OutboxRelay to {TITLES[backend]}"] = statistics.median(samples)
+                label = "" if relay_batch == 200 else f", batch_size={relay_batch}"
+                results.outbox[f"OutboxRelay{label} to {TITLES[backend]}"] = statistics.median(samples)
         finally:
             await conn.close()
         await db.drop_all(metadata)
@@ -1441,7 +1446,7 @@ async def run(args: argparse.Namespace, urls: dict[str, Any], sizes: Sizes, star
 
             targets["rabbitmq"] = rabbit_target
         try:
-            await outbox_section(urls["postgres"], targets, sizes, results)
+            await outbox_section(urls["postgres"], targets, sizes, results, args.relay_batch)
         except Exception as exc:  # noqa: BLE001 - report it with the rest
             results.notes.append(f"outbox section failed: {type(exc).__name__}: {exc}")
             import traceback
@@ -1463,7 +1468,8 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 3, --quick 1)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about 30 seconds")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    parser.add_argument("--relay-batch", type=int, default=200, help="OutboxRelay batch_size (its default)")
     parser.add_argument("--profile", default=None, help="cProfile the variants whose name matches this regex")
     args = parser.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]

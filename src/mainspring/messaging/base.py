@@ -182,11 +182,26 @@ class SubscriberInfo:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+_KNOWN_ANNOTATIONS: dict[str, Any] = {"Message": Message, "bytes": bytes, "Any": Any}
+
+
 def _inspect_handler(handler: Callable[..., Any]) -> tuple[str, type[BaseModel] | None, bool]:
     try:
         hints = typing.get_type_hints(handler)
     except (NameError, TypeError) as exc:
-        raise ConfigError(f"cannot read the type hints of handler {handler!r}: {exc}") from exc
+        # Postponed annotations naming something only the handler's enclosing function imported:
+        # the message types we know by name still work; anything else needs a module-level import.
+        hints = {}
+        for name, value in getattr(handler, "__annotations__", {}).items():
+            if name == "return":
+                continue
+            known = _KNOWN_ANNOTATIONS.get(value.rsplit(".", 1)[-1]) if isinstance(value, str) else value
+            if known is None:
+                raise ConfigError(
+                    f"cannot resolve the type hint {value!r} of handler {handler!r} ({exc}); import the "
+                    "type at module level"
+                ) from exc
+            hints[name] = known
     params = [
         p
         for p in inspect.signature(handler).parameters.values()

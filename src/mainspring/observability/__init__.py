@@ -1,4 +1,4 @@
-"""Observability: health checks and Prometheus metrics (tracing comes with the OpenTelemetry extra).
+"""Observability: health checks, Prometheus metrics and OpenTelemetry tracing (extra ``otel``).
 
 ::
 
@@ -49,15 +49,30 @@ from mainspring.observability._metrics import (
     render_metrics,
     set_metrics,
 )
+from mainspring.observability._tracing import (
+    INSTRUMENTATIONS,
+    AttributeValue,
+    TracedSpan,
+    Tracing,
+    auto_instrument,
+    excluded_urls_regex,
+    init_tracing,
+    shutdown_tracing,
+    traced,
+    tracing_enabled,
+    uninstrument,
+)
 
 __all__ = [
     "BROKER_OUTCOMES",
     "HEALTH_CONTENT_TYPE",
     "HEALTH_PROBE_TOPIC",
     "HTTP_METHODS",
+    "INSTRUMENTATIONS",
     "MESSAGE_OUTCOMES",
     "STATUS_VALUES",
     "UNMATCHED_ROUTE",
+    "AttributeValue",
     "CheckReport",
     "CheckResult",
     "HealthCheck",
@@ -66,11 +81,16 @@ __all__ = [
     "HealthStatus",
     "MetricsRegistry",
     "SubsystemCollector",
+    "TracedSpan",
+    "Tracing",
+    "auto_instrument",
     "broker_check",
     "cache_check",
     "database_check",
     "disk_check",
+    "excluded_urls_regex",
     "get_metrics",
+    "init_tracing",
     "metrics_app",
     "outbox_check",
     "record_http",
@@ -78,4 +98,8 @@ __all__ = [
     "render_metrics",
     "route_template",
     "set_metrics",
+    "shutdown_tracing",
+    "traced",
+    "tracing_enabled",
+    "uninstrument",
 ]

@@ -173,6 +173,28 @@ class RequestMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+def _observe_components(service: Service, registry: MetricsRegistry) -> None:
+    """Point the service's databases, caches, brokers and relays at the metrics registry."""
+    from mainspring.cache import BaseCache
+    from mainspring.db import Database
+    from mainspring.events import OutboxRelay
+    from mainspring.messaging import Broker
+
+    collector = registry.subsystems
+    for name, info in service.components.items():
+        component = info.component
+        if isinstance(component, Database):
+            collector.add_database(component, name)
+        elif isinstance(component, BaseCache):
+            collector.add_cache(component, name)
+        elif isinstance(component, Broker):
+            collector.add_broker(component, name)
+            if component.observer is None:
+                component.observer = registry.record_message
+        elif isinstance(component, OutboxRelay):
+            collector.add_outbox_relay(component, name)
+
+
 class _AsgiEndpoint:
     """An ASGI app as a Starlette route endpoint (a plain function would be taken for a handler)."""
 
@@ -217,9 +239,11 @@ def create_app(
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from mainspring.observability import HealthChecker, metrics_app
+    from mainspring.observability import HealthChecker, get_metrics, metrics_app
 
     checker = health or HealthChecker()
+    if service is not None:
+        _observe_components(service, metrics or get_metrics())
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import mainspring.observability
-from mainspring.observability import _tracing
 from mainspring.observability._tracing import shutdown_tracing
 
 DOC = Path(__file__).parents[3] / "docs" / "tracing.md"
@@ -20,16 +18,8 @@ EXPECTED = {
     "example_traced": ["['orders.place', 'orders.price', 'orders.save']", "True", "True", "28.5"],
     "example_fastapi": ["['fastapi']", "['GET /orders/{order_id}']"],
 }
-#: What the page imports from mainspring.observability.
-PUBLIC = ("auto_instrument", "init_tracing", "shutdown_tracing", "traced")
-
-
 @pytest.fixture(autouse=True)
-def _public_names(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # Until mainspring.observability re-exports the tracing names, lend them for the examples.
-    for name in PUBLIC:
-        if not hasattr(mainspring.observability, name):
-            monkeypatch.setattr(mainspring.observability, name, getattr(_tracing, name), raising=False)
+def _tracing_off_afterwards() -> Iterator[None]:
     yield
     shutdown_tracing()
 

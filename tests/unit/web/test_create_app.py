@@ -125,3 +125,32 @@ async def test_lifespan_runs_the_service_and_draining_refuses_new_requests() -> 
             assert (await client.get("/health/ready")).status_code == 503
             assert (await client.get("/health/live")).status_code == 200
     assert journal.events == ["start", "stop"]
+
+
+async def test_the_services_components_report_metrics(tmp_path: Any) -> None:
+    import asyncio
+    import uuid
+
+    from mainspring.db import Database
+    from mainspring.messaging import Message, create_broker
+
+    metrics = MetricsRegistry()
+    service = Service()
+    service.add("db", Database(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"))
+    broker = service.add("broker", create_broker(f"memory://{uuid.uuid4().hex}", fetch_timeout=0.05))
+    done = asyncio.Event()
+
+    @broker.subscriber("orders", group="billing")
+    async def bill(message: Message) -> None:
+        done.set()
+
+    app = create_app(service=service, routers=[router], metrics=metrics)
+    async with app.router.lifespan_context(app):
+        await broker.publish("orders", {"n": 1})
+        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.sleep(0.05)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            text = (await client.get("/metrics")).text
+    assert 'messaging_messages_total{group="billing",outcome="handled",topic="orders"} 1.0' in text
+    assert 'database="db"' in text
