@@ -1348,7 +1348,7 @@ def _progress(step: str, started: float) -> None:
 def _sizes(args: argparse.Namespace) -> Sizes:
     if args.quick:
         base = Sizes(
-            single=2_000, batch=20_000, seconds=0.4, e2e_seconds=1.0, paced=50, outbox=1_000, adds=100,
+            single=2_000, batch=20_000, seconds=0.2, e2e_seconds=0.5, paced=30, outbox=500, adds=30,
             rounds=1,
         )  # fmt: skip
     else:
@@ -1468,7 +1468,7 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 3, --quick 1)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about 30 seconds")
     parser.add_argument("--relay-batch", type=int, default=200, help="OutboxRelay batch_size (its default)")
     parser.add_argument("--profile", default=None, help="cProfile the variants whose name matches this regex")
     args = parser.parse_args()

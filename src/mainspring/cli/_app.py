@@ -66,6 +66,30 @@ def demo(
         typer.echo(command.get_help(ctx))
 
 
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="The ASGI app as module:attribute (an app or a factory).")],
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")] = 1,
+    factory: Annotated[
+        bool, typer.Option("--factory", help="TARGET is a function that returns the app.")
+    ] = False,
+    graceful_timeout: Annotated[
+        float, typer.Option("--graceful-timeout", min=0, help="Seconds in-flight requests get at shutdown.")
+    ] = 30.0,
+) -> None:
+    """Serve an ASGI app (usually made by mainspring.web.create_app) on uvicorn.
+
+    SIGTERM or SIGINT: uvicorn stops accepting connections and lets in-flight requests finish within
+    --graceful-timeout; the app's lifespan then stops the service's components in reverse order.
+    With --workers > 1, set PROMETHEUS_MULTIPROC_DIR so /metrics adds up every worker.
+    """
+    from mainspring.web._run import serve
+
+    serve(target, host=host, port=port, workers=workers, factory=factory, graceful_timeout=graceful_timeout)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a :class:`MainspringError` becomes one line on stderr and exit status 2.
 
