@@ -7,8 +7,6 @@ one line with exit status 2.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,10 +15,10 @@ import typer
 
 from mainspring.cache._factory import create_cache
 from mainspring.cache._protocols import Cache
+from mainspring.cli._common import ConfigDirOption, ProfileOption, SettingsOption, run_component
 from mainspring.cli._config import resolve_settings_class
-from mainspring.config import LoggingSettings, load_settings
+from mainspring.config import load_settings
 from mainspring.errors import NotFoundError, ValidationError
-from mainspring.logging import configure_logging, shutdown_logging
 
 __all__ = ["cache_app"]
 
@@ -33,16 +31,6 @@ cache_app = typer.Typer(
 UrlOption = Annotated[
     str | None, typer.Option("--url", help="Cache URL; overrides the settings (default: cache.url).")
 ]
-SettingsOption = Annotated[
-    str | None, typer.Option("--settings", help="Your settings class as module:Class.")
-]
-ProfileOption = Annotated[
-    str | None, typer.Option("--profile", "-p", help="Profile to load (default: MAINSPRING_PROFILE or dev).")
-]
-ConfigDirOption = Annotated[
-    Path | None,
-    typer.Option("--config-dir", help="Directory of base.yaml and <profile>.yaml (default: ./config)."),
-]
 
 
 def _cache(url: str | None, settings: str | None, profile: str | None, config_dir: Path | None) -> Cache:
@@ -50,22 +38,6 @@ def _cache(url: str | None, settings: str | None, profile: str | None, config_di
         return create_cache(url)
     loaded = load_settings(resolve_settings_class(settings), profile=profile, config_dir=config_dir)
     return create_cache(loaded.cache)
-
-
-def _run(cache: Cache, action: Callable[[Cache], Awaitable[T]]) -> T:
-    async def run() -> T:
-        await cache.start()
-        try:
-            return await action(cache)
-        finally:
-            await cache.stop()
-
-    # The command's output is its own lines; only the cache's warnings and errors go to stderr.
-    configure_logging(LoggingSettings(level="WARNING", format="console", sink="stderr"))
-    try:
-        return asyncio.run(run())
-    finally:
-        shutdown_logging()
 
 
 def _json(value: Any) -> str:
@@ -81,7 +53,7 @@ def _stats(
     config_dir: ConfigDirOption = None,
 ) -> None:
     """Ping the cache and print its health and counters (this process's counters for a memory cache)."""
-    health = _run(_cache(url, settings, profile, config_dir), lambda cache: cache.health())
+    health = run_component(_cache(url, settings, profile, config_dir), lambda cache: cache.health())
     stats = health.stats
     latency = "-" if health.latency is None else f"{health.latency * 1000:.2f} ms"
     typer.echo(f"backend: {health.backend}")
@@ -109,7 +81,7 @@ def _get(
     async def read(cache: Cache) -> tuple[Any, float | None]:
         return await cache.get(key, missing), await cache.ttl(key)
 
-    value, ttl = _run(_cache(url, settings, profile, config_dir), read)
+    value, ttl = run_component(_cache(url, settings, profile, config_dir), read)
     if value is missing:
         raise NotFoundError(f"no fresh value cached for key {key!r} (missing, expired or invalidated)")
     typer.echo(_json(value))
@@ -134,5 +106,5 @@ def _clear(
         raise ValidationError("give a PREFIX to clear, or --all to clear every key of the namespace")
     if prefix and everything:
         raise ValidationError("give either a PREFIX or --all, not both")
-    removed = _run(_cache(url, settings, profile, config_dir), lambda cache: cache.clear(prefix))
+    removed = run_component(_cache(url, settings, profile, config_dir), lambda cache: cache.clear(prefix))
     typer.echo(f"cleared {removed} key{'s' if removed != 1 else ''}")

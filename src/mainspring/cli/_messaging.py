@@ -9,9 +9,7 @@ the dead-letter topic once you are done.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,10 +17,10 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
+from mainspring.cli._common import ConfigDirOption, ProfileOption, SettingsOption, run_component
 from mainspring.cli._config import resolve_settings_class
-from mainspring.config import LoggingSettings, load_settings
+from mainspring.config import load_settings
 from mainspring.errors import NotFoundError, ValidationError
-from mainspring.logging import configure_logging, shutdown_logging
 from mainspring.messaging import Broker, Record, create_broker, dead_letter_topic
 from mainspring.messaging._transport import (
     CE_ID,
@@ -46,16 +44,6 @@ messaging_app.add_typer(dlq_app, name="dlq")
 UrlOption = Annotated[
     str | None, typer.Option("--url", help="Broker URL; overrides the settings (default: messaging.url).")
 ]
-SettingsOption = Annotated[
-    str | None, typer.Option("--settings", help="Your settings class as module:Class.")
-]
-ProfileOption = Annotated[
-    str | None, typer.Option("--profile", "-p", help="Profile to load (default: MAINSPRING_PROFILE or dev).")
-]
-ConfigDirOption = Annotated[
-    Path | None,
-    typer.Option("--config-dir", help="Directory of base.yaml and <profile>.yaml (default: ./config)."),
-]
 LimitOption = Annotated[int, typer.Option("--limit", "-n", min=1, help="Most dead letters to read.")]
 
 
@@ -66,19 +54,8 @@ def _broker(url: str | None, settings: str | None, profile: str | None, config_d
     return create_broker(loaded.messaging)
 
 
-def _run(broker: Broker, action: Callable[[Broker], Awaitable[T]]) -> T:
-    async def run() -> T:
-        await broker.start()
-        try:
-            return await action(broker)
-        finally:
-            await broker.stop(drain_timeout=0)
-
-    configure_logging(LoggingSettings(level="WARNING", format="console", sink="stderr"))
-    try:
-        return asyncio.run(run())
-    finally:
-        shutdown_logging()
+async def _stop_now(broker: Broker) -> None:
+    await broker.stop(drain_timeout=0)
 
 
 def _body(record: Record) -> Any:
@@ -99,8 +76,10 @@ def _list(
 ) -> None:
     """List dead letters, oldest first: id, type, reason, error and last failure time."""
     dlq = dead_letter_topic(topic)
-    records = _run(
-        _broker(url, settings, profile, config_dir), lambda b: b.transport.browse(dlq, limit=limit)
+    records = run_component(
+        _broker(url, settings, profile, config_dir),
+        lambda b: b.transport.browse(dlq, limit=limit),
+        stop=_stop_now,
     )
     if not records:
         typer.echo(f"no dead letters in {dlq}")
@@ -127,8 +106,10 @@ def _show(
 ) -> None:
     """Print one dead letter: every header and the body (JSON, or base64 when it is not JSON)."""
     dlq = dead_letter_topic(topic)
-    records = _run(
-        _broker(url, settings, profile, config_dir), lambda b: b.transport.browse(dlq, limit=limit)
+    records = run_component(
+        _broker(url, settings, profile, config_dir),
+        lambda b: b.transport.browse(dlq, limit=limit),
+        stop=_stop_now,
     )
     found = next((r for r in records if r.headers.get(CE_ID) == message_id), None)
     if found is None:
@@ -167,7 +148,7 @@ def _replay(
             )
         return len(chosen)
 
-    count = _run(_broker(url, settings, profile, config_dir), replay)
+    count = run_component(_broker(url, settings, profile, config_dir), replay, stop=_stop_now)
     typer.echo(f"replayed {count} dead letter(s) to {topic}; they are still in {dlq} until you purge it")
 
 
@@ -186,5 +167,7 @@ def _purge(
     dlq = dead_letter_topic(topic)
     if not yes:
         raise ValidationError(f"purging {dlq} deletes its dead letters for good; add --yes to confirm")
-    count = _run(_broker(url, settings, profile, config_dir), lambda b: b.transport.purge(dlq))
+    count = run_component(
+        _broker(url, settings, profile, config_dir), lambda b: b.transport.purge(dlq), stop=_stop_now
+    )
     typer.echo(f"purged {count} dead letter(s) from {dlq}")
