@@ -13,7 +13,7 @@ import typer
 
 from mainspring import __version__
 from mainspring.cli._cache import cache_app
-from mainspring.cli._config import config_app, show_config
+from mainspring.cli._config import config_app
 from mainspring.cli._db import db_app
 from mainspring.cli._messaging import messaging_app
 from mainspring.errors import MainspringError
@@ -49,21 +49,21 @@ def _root(
 
 @app.command()
 def demo(
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to bind.")] = 8000,
     profile: Annotated[
         str | None, typer.Option("--profile", "-p", help="Profile to load (default: dev).")
     ] = None,
 ) -> None:
-    """Show what the demo service will run with: the effective configuration and the commands.
+    """Run the orders demo on uvicorn: embedded defaults (SQLite file, memory cache and broker).
 
-    The demo service itself arrives with the service runtime; until then this prints the configuration
-    it would load (embedded defaults, no servers needed) and the command reference.
+    Creates its tables, seeds an admin (password printed once) and products, and prints the URLs and
+    curl commands. MAINSPRING_DATABASE__URL, MAINSPRING_CACHE__URL and MAINSPRING_MESSAGING__URL move it to
+    PostgreSQL, Redis and RabbitMQ. Needs the web extra. See docs/demo.md.
     """
-    typer.echo("mainspring demo: effective configuration (embedded defaults)\n")
-    show_config(profile=profile, output_format="yaml", config_dir=None)
-    typer.echo("\nCommands:\n")
-    command = typer.main.get_command(app)
-    with command.make_context("mainspring", ["--help"], resilient_parsing=True) as ctx:
-        typer.echo(command.get_help(ctx))
+    from mainspring.demo import run_demo
+
+    run_demo(host, port, profile=profile)
 
 
 @app.command()

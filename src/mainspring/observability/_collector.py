@@ -60,10 +60,10 @@ _CACHE_COUNTERS: Final = (
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 
-def _check_name(kind: str, name: str, taken: Mapping[str, object]) -> str:
+def _check_name(kind: str, name: str, taken: Mapping[str, object], *, replace: bool = False) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"a {kind} name must be 1-100 letters, digits, '_', '.', ':' or '-', got {name!r}")
-    if name in taken:
+    if name in taken and not replace:
         raise ConfigError(f"a {kind} named {name!r} is already collected; give each one its own name")
     return name
 
@@ -72,7 +72,9 @@ class SubsystemCollector:
     """Export the stats of databases, caches, brokers and outbox relays as Prometheus metrics.
 
     Add components with :meth:`add_database`, :meth:`add_cache`, :meth:`add_broker` and
-    :meth:`add_outbox_relay`; each is labelled by its name. Values are read at scrape time.
+    :meth:`add_outbox_relay`; each is labelled by its name. Values are read at scrape time. A name
+    taken already is refused, unless ``replace=True`` (what ``create_app`` passes: the newest app's
+    components win).
     """
 
     def __init__(self) -> None:
@@ -83,21 +85,22 @@ class SubsystemCollector:
         self._relays: dict[str, OutboxRelay] = {}
         self._backlogs: dict[str, OutboxBacklog] = {}
 
-    def add_database(self, database: Database, name: str | None = None) -> None:
+    def add_database(self, database: Database, name: str | None = None, *, replace: bool = False) -> None:
         """Collect ``database.pool_stats()`` under ``database=name`` (the database's own name by default)."""
-        self._databases[_check_name("database", name or database.name, self._databases)] = database
+        key = _check_name("database", name or database.name, self._databases, replace=replace)
+        self._databases[key] = database
 
-    def add_cache(self, cache: Cache, name: str = "default") -> None:
+    def add_cache(self, cache: Cache, name: str = "default", *, replace: bool = False) -> None:
         """Collect ``cache.stats()`` under ``cache=name``."""
-        self._caches[_check_name("cache", name, self._caches)] = cache
+        self._caches[_check_name("cache", name, self._caches, replace=replace)] = cache
 
-    def add_broker(self, broker: Broker, name: str = "default") -> None:
+    def add_broker(self, broker: Broker, name: str = "default", *, replace: bool = False) -> None:
         """Collect ``broker.stats`` under ``broker=name``."""
-        self._brokers[_check_name("broker", name, self._brokers)] = broker
+        self._brokers[_check_name("broker", name, self._brokers, replace=replace)] = broker
 
-    def add_outbox_relay(self, relay: OutboxRelay, name: str = "default") -> None:
+    def add_outbox_relay(self, relay: OutboxRelay, name: str = "default", *, replace: bool = False) -> None:
         """Collect ``relay.stats`` and, after each :meth:`refresh`, its backlog under ``relay=name``."""
-        self._relays[_check_name("relay", name, self._relays)] = relay
+        self._relays[_check_name("relay", name, self._relays, replace=replace)] = relay
 
     async def refresh(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 - a scrape owns its deadline
         """Read every relay's backlog (in parallel, each within ``timeout``) for the next :meth:`collect`.

@@ -198,6 +198,11 @@ def auto_instrument(app: Any = None, *, libraries: Iterable[str] | None = None) 
         if importlib.util.find_spec(library) is None or importlib.util.find_spec(module_name) is None:
             continue
         instrumentor = getattr(importlib.import_module(module_name), class_name)()
+        conflict = _dependency_conflict(instrumentor)
+        if conflict is not None:
+            # Skip quietly: calling instrument() would only log an error on every start.
+            log.info("instrumentation skipped: unsupported library version", library=name, conflict=conflict)
+            continue
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=_switching)
         if instrumentor.is_instrumented_by_opentelemetry:
@@ -207,6 +212,13 @@ def auto_instrument(app: Any = None, *, libraries: Iterable[str] | None = None) 
             log.warning("instrumentation not applied", library=name)
     log.info("auto-instrumented", instrumented=done)
     return done
+
+
+def _dependency_conflict(instrumentor: Any) -> str | None:
+    from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+    conflict = get_dependency_conflicts(instrumentor.instrumentation_dependencies())
+    return None if conflict is None else str(conflict)
 
 
 def uninstrument(libraries: Iterable[str] | None = None) -> None:

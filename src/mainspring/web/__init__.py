@@ -10,7 +10,7 @@
 See ``docs/http-client.md``.
 """
 
-from mainspring.web._app import RequestMiddleware, create_app
+from mainspring.web._app import DOCS_CSP, RequestMiddleware, create_app
 from mainspring.web._http_client import (
     IDEMPOTENT_METHODS,
     RETRY_STATUSES,
@@ -23,6 +23,7 @@ from mainspring.web._http_client import (
 )
 
 __all__ = [
+    "DOCS_CSP",
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
     "HttpClientMetrics",

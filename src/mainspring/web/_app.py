@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from mainspring.observability import HealthChecker, MetricsRegistry
     from mainspring.service import Service
 
-__all__ = ["RequestMiddleware", "create_app"]
+__all__ = ["DOCS_CSP", "RequestMiddleware", "create_app"]
 
 log = get_logger("mainspring.web")
 access_log = get_logger("mainspring.access")
@@ -184,15 +184,39 @@ def _observe_components(service: Service, registry: MetricsRegistry) -> None:
     for name, info in service.components.items():
         component = info.component
         if isinstance(component, Database):
-            collector.add_database(component, name)
+            collector.add_database(component, name, replace=True)
         elif isinstance(component, BaseCache):
-            collector.add_cache(component, name)
+            collector.add_cache(component, name, replace=True)
         elif isinstance(component, Broker):
-            collector.add_broker(component, name)
+            collector.add_broker(component, name, replace=True)
             if component.observer is None:
                 component.observer = registry.record_message
         elif isinstance(component, OutboxRelay):
-            collector.add_outbox_relay(component, name)
+            collector.add_outbox_relay(component, name, replace=True)
+
+
+#: The Content-Security-Policy of ``/docs``: Swagger UI loads its script and style from jsDelivr.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "connect-src 'self'; frame-ancestors 'none'"
+)
+
+
+class _SecurityHeaders:
+    """The security headers everywhere, with a CSP that lets Swagger UI load on ``/docs``."""
+
+    def __init__(self, app: Any) -> None:
+        from mainspring.security.fastapi import SecurityHeadersMiddleware
+
+        self.default = SecurityHeadersMiddleware(app)
+        self.docs = SecurityHeadersMiddleware(app, headers={"Content-Security-Policy": DOCS_CSP})
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith("/docs"):
+            await self.docs(scope, receive, send)
+        else:
+            await self.default(scope, receive, send)
 
 
 class _AsgiEndpoint:
@@ -320,9 +344,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
     if security_headers:
-        from mainspring.security.fastapi import SecurityHeadersMiddleware
-
-        app.add_middleware(SecurityHeadersMiddleware)
+        app.add_middleware(_SecurityHeaders)
     app.add_middleware(
         RequestMiddleware, service=service, metrics=metrics, access_log_sample=access_log_sample
     )

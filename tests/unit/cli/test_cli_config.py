@@ -216,7 +216,7 @@ def test_show_config_refuses_an_unknown_format(project: Path) -> None:
         show_config(profile=None, output_format="xml", config_dir=None)
 
 
-def test_demo_prints_the_effective_configuration(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "demo")
-    assert code == 0
-    assert "service_name: shop" in out
+def test_demo_rejects_a_port_out_of_range(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "demo", "--port", "70000")
+    assert code == 2
+    assert "--port" in err

@@ -18,6 +18,8 @@ EXPECTED = {
     "example_traced": ["['orders.place', 'orders.price', 'orders.save']", "True", "True", "28.5"],
     "example_fastapi": ["['fastapi']", "['GET /orders/{order_id}']"],
 }
+
+
 @pytest.fixture(autouse=True)
 def _tracing_off_afterwards() -> Iterator[None]:
     yield

@@ -154,3 +154,11 @@ async def test_the_services_components_report_metrics(tmp_path: Any) -> None:
             text = (await client.get("/metrics")).text
     assert 'messaging_messages_total{group="billing",outcome="handled",topic="orders"} 1.0' in text
     assert 'database="db"' in text
+
+
+async def test_docs_get_a_csp_that_lets_swagger_load(client: httpx.AsyncClient) -> None:
+    docs = await client.get("/docs")
+    assert docs.status_code == 200
+    assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+    api = await client.get("/items/1")
+    assert "cdn.jsdelivr.net" not in api.headers["content-security-policy"]
