@@ -141,7 +141,7 @@ def load_settings_with_sources(
     problems = list(collected.problems)
     problems.extend(_unknown_section_keys(cls, merged, merged.data, ()))
     try:
-        settings = cls.model_validate(merged.data)
+        settings = cls.model_validate(with_class_defaults(cls, merged.data))
     except pydantic.ValidationError as exc:
         problems.extend(_translate(exc, cls, merged, prefix, collected.dropped))
     if problems or settings is None:
@@ -340,3 +340,33 @@ def _complete(problem: ConfigProblem, cls: type[Settings], merged: Layer) -> Con
         value = MASK
     source = problem.source or merged.source_of(key, leaves_only=True) or "default"
     return ConfigProblem(problem.path, problem.reason, value, source)
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        out[key] = _deep_merge(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+    return out
+
+
+def with_class_defaults(model: type[pydantic.BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    """Put a settings class's own section defaults under the loaded values of those sections.
+
+    A subclass may declare ``cache: CacheSettings = Field(default_factory=lambda:
+    CacheSettings(namespace="orders"))``. When a file or an environment variable then sets another key
+    of that section, the section is built from the loaded keys alone and the subclass's
+    ``namespace`` would be lost; merging the default's explicitly set values underneath keeps it.
+    """
+    out = dict(data)
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        loaded = out.get(key)
+        if not isinstance(loaded, dict):
+            continue
+        default = info.get_default(call_default_factory=True)
+        if not isinstance(default, pydantic.BaseModel):
+            continue
+        explicit = default.model_dump(exclude_unset=True, by_alias=True)
+        out[key] = with_class_defaults(type(default), _deep_merge(explicit, loaded))
+    return out
