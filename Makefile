@@ -50,6 +50,7 @@ bench: sync
 	$(RUN) python benchmarks/cache_bench.py
 	$(RUN) python benchmarks/security_bench.py
 	$(RUN) python benchmarks/messaging_bench.py
+	$(RUN) python benchmarks/http_bench.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache dist build

@@ -25,8 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from mainspring._compat import require
 from mainspring.context import (
+    CAUSATION_ID_HEADER,
     CORRELATION_ID_HEADER,
     REQUEST_ID_HEADER,
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
     RequestContext,
     extract,
     reset_context,
@@ -50,6 +53,17 @@ _HEALTH_PREFIX = "/health/"
 _PROBLEM_JSON = b"application/problem+json"
 _CORRELATION = CORRELATION_ID_HEADER.lower().encode("latin-1")
 _REQUEST = REQUEST_ID_HEADER.lower().encode("latin-1")
+# Only these headers are decoded for the context (not every header of every request).
+_PROPAGATED = frozenset(
+    name.lower().encode("latin-1")
+    for name in (
+        CORRELATION_ID_HEADER,
+        REQUEST_ID_HEADER,
+        CAUSATION_ID_HEADER,
+        TRACEPARENT_HEADER,
+        TRACESTATE_HEADER,
+    )
+)
 
 Scope = dict[str, Any]
 
@@ -86,7 +100,11 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in scope.get("headers", ())
+            if k.lower() in _PROPAGATED
+        }
         values = extract(headers)
         token = set_context(
             RequestContext(
