@@ -96,7 +96,7 @@ class EventBus:
                     await result
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # one failing handler must not stop the others; logged, counted
                 self.stats.failed += 1
                 log.error(
                     "event handler failed",

@@ -203,16 +203,11 @@ class Service:
                     f"component {info.name!r} did not start within {info.start_timeout:g} s",
                     component=info.name,
                 ) from exc
-            except MainspringError as exc:
+            except Exception as exc:  # any failure of any component: stop the started ones, name it
                 await self._stop_started()
+                reason = str(exc) if isinstance(exc, MainspringError) else f"{type(exc).__name__}: {exc}"
                 raise ServiceStartError(
-                    f"component {info.name!r} failed to start: {exc}", component=info.name
-                ) from exc
-            except Exception as exc:
-                await self._stop_started()
-                raise ServiceStartError(
-                    f"component {info.name!r} failed to start: {type(exc).__name__}: {exc}",
-                    component=info.name,
+                    f"component {info.name!r} failed to start: {reason}", component=info.name
                 ) from exc
             info.started = True
             info.start_seconds = time.monotonic() - began

@@ -149,7 +149,7 @@ class RequestMiddleware:
                 await self._problem(send_with_ids, ServiceUnavailableError("the service is shutting down"))
             else:
                 await self.app(scope, receive, send_with_ids)
-        except Exception as exc:
+        except Exception as exc:  # the last line of defence: a 500 without internals, logged once
             log.error(
                 "request failed",
                 method=scope.get("method"),
