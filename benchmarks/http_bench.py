@@ -277,12 +277,13 @@ async def _saturate(
 ) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
+    total = 0
     begin = time.perf_counter()
     measure_from = begin + warmup
     deadline = measure_from + duration
 
     async def connection() -> None:
-        nonlocal errors
+        nonlocal errors, total
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while True:
@@ -290,6 +291,7 @@ async def _saturate(
                 if sent >= deadline:
                     return
                 ok = await _exchange(reader, writer, request)
+                total += 1
                 done = time.perf_counter()
                 if sent >= measure_from and done <= deadline:
                     latencies.append(done - sent)
@@ -305,6 +307,7 @@ async def _saturate(
         "p99_ms": p99,
         "errors": errors,
         "n": len(latencies),
+        "total": total,
     }
 
 
@@ -423,6 +426,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int) -> float:
     # taskset execs the server, so the pid is the Python process itself.
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -489,14 +498,21 @@ def _versions() -> str:
     )
 
 
-def _row(name: str, results: list[dict[str, Any]], base_rps: float | None) -> str:
+def _median_cpu(results: list[dict[str, Any]]) -> float:
+    values = [r["cpu_us"] for r in results if "cpu_us" in r]
+    return statistics.median(values) if values else float("nan")
+
+
+def _row(name: str, results: list[dict[str, Any]], base_rps: float | None, base_cpu: float) -> str:
     rps = statistics.median(r["rps"] for r in results)
     p50 = statistics.median(r["p50_ms"] for r in results)
     p99 = statistics.median(r["p99_ms"] for r in results)
+    cpu = _median_cpu(results)
     errors = sum(r["errors"] for r in results)
     ratio = f"{rps / base_rps:.2f}" if base_rps else "1.00"
     note = f" ({errors} non-200)" if errors else ""
-    return f"| {name}{note} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio} |"
+    cpu_ratio = base_cpu / cpu
+    return f"| {name}{note} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio} | {cpu:.0f} | {cpu_ratio:.2f} |"
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -529,22 +545,29 @@ def bench(args: argparse.Namespace) -> None:
         for round_no in range(args.rounds):
             order = STACKS[round_no % 3 :] + STACKS[: round_no % 3]
             for name in order:
-                port = stacks[name][1]
+                process, port = stacks[name]
+                cpu = _cpu_seconds(process.pid)
                 if wrk:
                     result = _run_wrk(env, port, args.duration, args.warmup)
                 else:
                     result = _run_python_load(env, port, args.duration, args.warmup)
+                if result.get("total"):
+                    result["cpu_us"] = (_cpu_seconds(process.pid) - cpu) / result["total"] * 1e6
                 saturation[name].append(result)
                 print(f"  round {round_no + 1} {name}: {result['rps']:,.0f} rps, "
-                      f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")  # fmt: skip
+                      f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                      f"server CPU {result.get('cpu_us', float('nan')):.0f} us/request")  # fmt: skip
         base = statistics.median(r["rps"] for r in saturation["plain"])
+        base_cpu = _median_cpu(saturation["plain"])
         print("\nSaturation (medians):\n")
-        print("| stack | RPS | p50 ms | p99 ms | RPS / plain |")
-        print("|---|---:|---:|---:|---:|")
+        print("| stack | RPS | p50 ms | p99 ms | RPS / plain | server CPU us/request | plain CPU / this |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name in STACKS:
-            print(_row(name, saturation[name], None if name == "plain" else base))
+            print(_row(name, saturation[name], None if name == "plain" else base, base_cpu))
         full = statistics.median(r["rps"] for r in saturation["full"])
-        print(f"\nfull / plain = {full / base:.2f} (goal >= 0.75)")
+        full_cpu = _median_cpu(saturation["full"])
+        print(f"\nfull / plain = {full / base:.2f} by RPS, {base_cpu / full_cpu:.2f} by server CPU "
+              "per request (goal >= 0.75)")  # fmt: skip
 
         if not wrk and args.rate_share > 0:
             rate = round(full * args.rate_share, -1)
@@ -616,7 +639,7 @@ async def _warm(port: int, token: str, path: str, count: int) -> None:
 
 
 def _asgi_loop(app: Any, token: str, count: int) -> float:
-    """Microseconds per request through ``app`` called as ASGI, without a server."""
+    """CPU microseconds per request through ``app`` called as ASGI, without a server."""
     scope_base = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
         "path": PATH, "raw_path": PATH.encode(), "root_path": "", "query_string": b"",
@@ -635,10 +658,12 @@ def _asgi_loop(app: Any, token: str, count: int) -> float:
     async def run() -> float:
         for _ in range(200):
             await app(dict(scope_base), receive, send)
-        started = time.perf_counter()
+        # CPU time of the process (the log writer thread included): other jobs on the machine
+        # stretch the wall clock, much less this.
+        started = time.process_time()
         for _ in range(count):
             await app(dict(scope_base), receive, send)
-        return (time.perf_counter() - started) / count * 1e6
+        return (time.process_time() - started) / count * 1e6
 
     result = asyncio.run(run())
     if set(statuses) != {200}:
@@ -674,7 +699,7 @@ def profile(args: argparse.Namespace) -> None:
     for _ in range(args.rounds):
         for name, app in apps:
             samples[name].append(_asgi_loop(app, token, count))
-    print(f"In-process, raw ASGI calls, {count:,} requests x {args.rounds} rounds (median us/request):\n")
+    print(f"In-process, raw ASGI calls, {count:,} requests x {args.rounds} rounds (median CPU us/request):\n")
     print("| layers | us/request | added |")
     print("|---|---:|---:|")
     previous = None

@@ -15,12 +15,13 @@ connection a ``ServiceUnavailableError``). See ``docs/db.md``, ``docs/db-models.
 ``docs/migrations.md``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from mainspring.config._sections import DatabaseSettings, DatabaseTLS
 from mainspring.db._base import NAMING_CONVENTION, Base, secret_column
 from mainspring.db._changelog import ChangeAction, ChangeLog
 from mainspring.db._database import Database
 from mainspring.db._errors import TransactionConflictError, translate_db_error
-from mainspring.db._migrate import MigrationStep, Migrator, RevisionInfo
 from mainspring.db._mixins import (
     INCLUDE_DELETED,
     AuditColumns,
@@ -36,6 +37,24 @@ from mainspring.db._registry import DatabaseRegistry
 from mainspring.db._repository import Repository
 from mainspring.db._transaction import IsolationLevel, UnitOfWork, retry_on_conflict
 from mainspring.db._types import UTCDateTime, uuid7, uuid7_time
+
+if TYPE_CHECKING:
+    from mainspring.db._migrate import MigrationStep, Migrator, RevisionInfo
+
+# Migrations pull in Alembic: imported on first use, so a running service that does not migrate at
+# start never loads it.
+_LAZY = frozenset({"MigrationStep", "Migrator", "RevisionInfo"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from mainspring.db import _migrate
+
+        value = getattr(_migrate, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mainspring.db' has no attribute {name!r}")
+
 
 __all__ = [
     "INCLUDE_DELETED",

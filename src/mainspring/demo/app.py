@@ -59,6 +59,7 @@ from mainspring.security import (
     TokenService,
 )
 from mainspring.service import Service
+from mainspring.web._app import DOCS_CSP  # the CSP create_app gives /docs; re-exported for the docs
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -71,6 +72,7 @@ __all__ = [
     "build_app",
     "build_context",
     "cache_settings",
+    "instrumented_libraries",
     "rate_limit_url",
 ]
 
@@ -82,13 +84,6 @@ ROLES: dict[str, RoleSpec] = {
     "service": RoleSpec(permissions={"products:read", "orders:read_any"}),
     "admin": RoleSpec(permissions={"*"}),
 }
-
-#: The strict default CSP blocks Swagger UI (CDN scripts and an inline bootstrap); this one allows it.
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
-    "connect-src 'self'; frame-ancestors 'none'"
-)
 
 
 @dataclass(slots=True)
@@ -255,7 +250,7 @@ def build_app(settings: DemoSettings | None = None, *, metrics: MetricsRegistry 
     require("fastapi", extra="web", feature="the orders demo")
     from mainspring.config import load_settings
     from mainspring.demo.routes import build_routers
-    from mainspring.security.fastapi import ApiKeyScheme, BearerScheme, SecurityHeadersMiddleware, WebSecurity
+    from mainspring.security.fastapi import ApiKeyScheme, BearerScheme, WebSecurity
     from mainspring.web import create_app
 
     settings = settings if settings is not None else load_settings(DemoSettings)
@@ -274,9 +269,7 @@ def build_app(settings: DemoSettings | None = None, *, metrics: MetricsRegistry 
         metrics=metrics,
         title="mainspring orders demo",
         version=settings.version,
-        security_headers=False,
     )
-    app.add_middleware(SecurityHeadersMiddleware, headers={"Content-Security-Policy": DOCS_CSP})
     WebSecurity(
         [
             BearerScheme(context.accounts.tokens),
@@ -288,5 +281,20 @@ def build_app(settings: DemoSettings | None = None, *, metrics: MetricsRegistry 
     if tracing:
         from mainspring.observability import auto_instrument
 
-        auto_instrument(app)
+        auto_instrument(app, libraries=instrumented_libraries(settings))
     return app
+
+
+def instrumented_libraries(settings: DemoSettings) -> list[str]:
+    """The client libraries the demo talks through with these settings (and so traces).
+
+    Only those: instrumenting a library imports it, and an unused redis or aio-pika would only cost
+    memory.
+    """
+    libraries = ["sqlalchemy"]
+    urls = (settings.cache.url, rate_limit_url(settings), settings.messaging.url)
+    if any(urlsplit(url).scheme.removeprefix("memory+") in {"redis", "rediss"} for url in urls):
+        libraries.append("redis")
+    if urlsplit(settings.messaging.url).scheme.lower() in {"amqp", "amqps"}:
+        libraries.append("aio-pika")
+    return libraries

@@ -1,8 +1,11 @@
 """The non-blocking writer: callers hand over rendered lines, one thread writes them in batches.
 
 The caller's cost is a ``deque.append`` (atomic under the GIL, no lock) and, only when the writer
-thread is asleep, an ``Event.set``. The writer drains whatever has piled up and writes it with one
-``write`` and one ``flush``, so a slow disk slows the writer, never the caller.
+thread is asleep, an ``Event.set``. Woken, the writer lingers for :data:`LINGER` seconds (cut short by
+``flush``, ``stop`` or a queue filling up) so that lines arriving close together go out as one batch:
+waking a thread per line would cost the caller's thread a GIL hand-off each time. It then drains
+whatever has piled up and writes it with one ``write`` and one ``flush``, so a slow disk slows the
+writer, never the caller.
 
 When the queue is full the new line is dropped and counted; the writer later writes a warning line
 saying how many were dropped. A batch the sink fails to write is counted and reported the same way.
@@ -22,6 +25,8 @@ from mainspring.logging._sinks import Sink
 
 #: Lines written per ``write`` call at most; bounds the writer's hold on the GIL and its memory.
 MAX_BATCH = 2048
+#: Seconds the writer waits after a wake-up to let a batch gather (lines are at most this late on disk).
+LINGER = 0.02
 # The writer also wakes up this often on its own, so a lost wake-up can delay lines, never strand them.
 _IDLE_WAIT = 0.5
 
@@ -49,6 +54,8 @@ class BackgroundWriter:
     ) -> None:
         self.sink = sink
         self._max = queue_size
+        # A queue this long ends the writer's linger early, well before lines would be dropped.
+        self._soon = max(1, min(queue_size // 4, MAX_BATCH))
         self._report = report
         self._name = name
         self._queue: deque[bytes | threading.Event] = deque()
@@ -84,7 +91,7 @@ class BackgroundWriter:
                 self._dropped_full += 1
             return
         queue.append(line)
-        if self._idle:
+        if self._idle or len(queue) >= self._soon:
             if self._closed:
                 self._write_late()
             else:
@@ -153,6 +160,11 @@ class BackgroundWriter:
                     self._wake.wait(_IDLE_WAIT)
                 self._wake.clear()
                 self._idle = False
+                if queue and not self._stopping and not self._markers_pending:
+                    # Let the lines arriving right after this one join its batch; flush, stop and
+                    # a filling queue set the event again and end the wait early.
+                    self._wake.wait(LINGER)
+                    self._wake.clear()
                 continue
             batch = [popleft() for _ in range(min(pending, MAX_BATCH))]
             try:

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -125,6 +125,7 @@ class MetricsRegistry:
                 registry=self.registry,
             )
             self.subsystems = SubsystemCollector()
+            self._http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
             self.registry.register(self.subsystems)
         except ValueError as exc:
             # prometheus-client refuses a second metric of the same name in one registry.
@@ -142,6 +143,14 @@ class MetricsRegistry:
         series per id. Use :data:`UNMATCHED_ROUTE` when no route matched. An unknown ``method`` is
         counted as ``other``.
         """
+        series = self._http_series.get((method, route, status))
+        if series is None:
+            series = self._new_http_series(method, route, status)
+        series[0].inc()
+        series[1].observe(_seconds(seconds))
+
+    def _new_http_series(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        # Checked once per (method, route, status); later requests find the children in the dict.
         if not isinstance(route, str) or not route or _RAW_SEGMENT.search(route):
             raise ConfigError(
                 f"record_http needs a route template like '/users/{{user_id}}', got {route!r}; "
@@ -151,8 +160,9 @@ class MetricsRegistry:
             raise ConfigError(f"record_http needs an HTTP status code 100-599, got {status!r}")
         verb = method.upper() if isinstance(method, str) else ""
         labels = (verb if verb in HTTP_METHODS else "other", route, str(status))
-        self.http_requests.labels(*labels).inc()
-        self.http_request_duration.labels(*labels).observe(_seconds(seconds))
+        series = (self.http_requests.labels(*labels), self.http_request_duration.labels(*labels))
+        self._http_series[(method, route, status)] = series
+        return series
 
     def record_message(self, topic: str, group: str, outcome: str, seconds: float | None = None) -> None:
         """Count one message a handler of ``group`` on ``topic`` finished with ``outcome``.

@@ -3,6 +3,8 @@
 Import the names you need from here: ``from mainspring.security import PasswordHasher``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from mainspring.context import Principal
 from mainspring.security._apikeys import (
     ApiKeyRecord,
@@ -51,14 +53,31 @@ from mainspring.security._stores_redis import (
     RedisRefreshTokenStore,
     RedisTotpReplayStore,
 )
-from mainspring.security._stores_sql import (
-    SqlApiKeyStore,
-    SqlRecoveryCodeStore,
-    SqlRefreshTokenStore,
-    SqlTotpReplayStore,
-)
 from mainspring.security._tokens import DEFAULT_REQUIRED_CLAIMS, TokenService, VerifiedToken, verify_jws
 from mainspring.security._totp import MemoryTotpReplayStore, Totp, TotpAlgorithm, TotpReplayStore
+
+if TYPE_CHECKING:
+    from mainspring.security._stores_sql import (
+        SqlApiKeyStore,
+        SqlRecoveryCodeStore,
+        SqlRefreshTokenStore,
+        SqlTotpReplayStore,
+    )
+
+# The SQL stores pull in SQLAlchemy (about 20 MB): imported on first use, so a service that does not
+# use them (a JWT-only API, say) never loads it.
+_LAZY = frozenset({"SqlApiKeyStore", "SqlRecoveryCodeStore", "SqlRefreshTokenStore", "SqlTotpReplayStore"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from mainspring.security import _stores_sql
+
+        value = getattr(_stores_sql, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mainspring.security' has no attribute {name!r}")
+
 
 __all__ = [
     "BCRYPT_MAX_PASSWORD_BYTES",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mainspring.errors import ConfigError, ConfigProblem, ValidationError
+from mainspring.errors import AuthenticationError, ConfigError, ConfigProblem, ValidationError
 from mainspring.security._jose import (
     b64url_decode,
     b64url_encode,
@@ -46,7 +46,11 @@ _HMAC_ALGS = frozenset({"HS256", "HS384", "HS512"})
 
 @dataclass(frozen=True, slots=True)
 class VerifiedToken:
-    """A token whose signature and claims passed every check."""
+    """A token whose signature and claims passed every check.
+
+    Treat ``claims`` and ``header`` as read-only: :class:`TokenService` hands the same object to every
+    request presenting the same token while it is cached.
+    """
 
     claims: dict[str, Any]
     header: dict[str, Any]
@@ -147,6 +151,11 @@ class TokenService:
 
     With a ``revocation`` list, tokens are checked against it by :meth:`verify_async`; the list is
     async (Redis), so the sync :meth:`verify` then refuses to run rather than skip the check.
+
+    A client sends the same token with every request until it expires, so the outcome of the signature
+    check and the decoded claims are kept for up to ``verify_cache_size`` tokens (0 turns it off); the
+    claim rules (``exp``, ``nbf``, ...) and the revocation list are still checked on every call, and a
+    new key ring (:meth:`use_ring`) starts afresh. The cache holds the token strings themselves.
     """
 
     def __init__(
@@ -161,11 +170,21 @@ class TokenService:
         understood_crit: Collection[str] = (),
         clock: Callable[[], float] = time.time,
         revocation: RevocationList | None = None,
+        verify_cache_size: int = 1024,
     ) -> None:
         if access_ttl <= 0:
             raise ValidationError("access_ttl must be positive")
         if leeway < 0:
             raise ValidationError("leeway must not be negative")
+        if (
+            isinstance(verify_cache_size, bool)
+            or not isinstance(verify_cache_size, int)
+            or verify_cache_size < 0
+        ):
+            raise ValidationError("verify_cache_size must be an integer >= 0")
+        self._cache_size = verify_cache_size
+        # token -> (the ring that verified it, the result); see the class docstring.
+        self._verified: dict[str, tuple[KeyRing, VerifiedToken]] = {}
         self._ring = ring
         self.issuer = issuer
         self.audience = audience
@@ -258,8 +277,23 @@ class TokenService:
         return verified
 
     def _verify(self, token: str | bytes) -> VerifiedToken:
+        cache = self._verified
+        if self._cache_size and isinstance(token, str):
+            hit = cache.get(token)
+            if hit is not None and hit[0] is self._ring:
+                try:
+                    self._check_claims(hit[1].claims)
+                except AuthenticationError:
+                    cache.pop(token, None)  # expired: it will never pass again
+                    raise
+                return hit[1]
+        ring = self._ring
         verified = self.verify_signature_only(token)
         self._check_claims(verified.claims)
+        if self._cache_size and isinstance(token, str):
+            if len(cache) >= self._cache_size:
+                cache.clear()  # atomic, unlike evicting one entry while another thread inserts
+            cache[token] = (ring, verified)
         return verified
 
     def verify_signature_only(self, token: str | bytes) -> VerifiedToken:

@@ -14,17 +14,18 @@ Needs the ``web`` extra (``mainspring[web]``); the rest of :mod:`mainspring.secu
 # runtime, and the closures below refer to local names that string annotations could not resolve.
 
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from mainspring._compat import require
 
 require("fastapi", extra="web", feature="mainspring.security.fastapi")
 
-from fastapi import Depends, FastAPI, Request, Response  # noqa: E402  (after the dependency guard)
+from fastapi import FastAPI, Request, Response  # noqa: E402  (after the dependency guard)
 from fastapi.responses import JSONResponse  # noqa: E402
 
-from mainspring.context import Principal, bind_context  # noqa: E402
+from mainspring.context import Principal, get_context, reset_context, set_context  # noqa: E402
 from mainspring.errors import (  # noqa: E402
     AuthenticationError,
     ConfigError,
@@ -319,8 +320,15 @@ class WebSecurity:
         self.rbac = rbac
 
     def install(self, app: FastAPI) -> None:
-        """Attach to ``app`` and render authentication and permission errors as problem+json."""
+        """Attach to ``app`` and render authentication and permission errors as problem+json.
+
+        Unless the app already has one (``mainspring.web.create_app``'s ``RequestMiddleware``), also
+        adds a small ASGI layer that gives every request its own :mod:`mainspring.context` scope, so
+        the principal bound by the dependencies ends with the request.
+        """
         setattr(app.state, _STATE_SECURITY, self)
+        if not any(getattr(m.cls, "scopes_context", False) for m in app.user_middleware):
+            app.add_middleware(_ContextScope)
         app.add_exception_handler(AuthenticationError, self._problem)
         app.add_exception_handler(PermissionDeniedError, self._problem)
         app.add_exception_handler(RateLimitedError, self._problem)
@@ -372,6 +380,25 @@ class WebSecurity:
         return AuthenticationError(f"authentication required: send credentials for one of: {names}")
 
 
+class _ContextScope:
+    """Restore the context a request started with when it ends (the dependencies bind the principal)."""
+
+    scopes_context = True
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = set_context(get_context())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            reset_context(token)
+
+
 def _security(request: Request) -> WebSecurity:
     security = getattr(request.app.state, _STATE_SECURITY, None)
     if not isinstance(security, WebSecurity):
@@ -379,31 +406,41 @@ def _security(request: Request) -> WebSecurity:
     return security
 
 
-async def optional_principal(request: Request) -> AsyncIterator[Principal | None]:
+def _bind_principal(principal: Principal) -> None:
+    # Set without a reset: the request's context scope (RequestMiddleware under create_app, the layer
+    # WebSecurity.install adds otherwise) restores the previous context when the request ends. A
+    # generator dependency could reset it itself, but FastAPI's generator path costs more than the
+    # authentication it wraps.
+    set_context(replace(get_context(), principal=principal))
+
+
+async def optional_principal(request: Request) -> Principal | None:
     """Dependency: the authenticated principal, or None without credentials (rejected ones are a 401).
 
-    The principal is bound in :mod:`mainspring.context` for the rest of the request (logging, audit).
+    Authentication runs once per request (the result is kept on ``request.state``), and the principal
+    is bound in :mod:`mainspring.context` for the rest of the request (logging, audit).
     """
-    if hasattr(request.state, _STATE_PRINCIPAL):
-        yield getattr(request.state, _STATE_PRINCIPAL)
-        return
+    state = request.state
+    if hasattr(state, _STATE_PRINCIPAL):
+        cached: Principal | None = getattr(state, _STATE_PRINCIPAL)
+        return cached
     principal = await _security(request).authenticate(request)
-    setattr(request.state, _STATE_PRINCIPAL, principal)
-    with bind_context(principal=principal):
-        yield principal
+    setattr(state, _STATE_PRINCIPAL, principal)
+    if principal is not None:
+        _bind_principal(principal)
+    return principal
 
 
-async def current_principal(
-    request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
-) -> Principal:
+async def current_principal(request: Request) -> Principal:
     """Dependency: the authenticated principal; 401 with ``WWW-Authenticate`` when there is none."""
+    principal = await optional_principal(request)
     if principal is None:
         raise _security(request).missing_credentials()
     return principal
 
 
-def authenticated(schemes: Sequence[AuthScheme] | None = None) -> Callable[..., Any]:
-    """Return a dependency that requires authentication and yields the :class:`Principal`.
+def authenticated(schemes: Sequence[AuthScheme] | None = None) -> Callable[..., Awaitable[Principal]]:
+    """Return a dependency that requires authentication and returns the :class:`Principal`.
 
     Without ``schemes`` it is :func:`current_principal` (the app's schemes); with them, only those
     schemes are tried for the route (``authenticated([mtls])`` for an internal endpoint).
@@ -412,13 +449,13 @@ def authenticated(schemes: Sequence[AuthScheme] | None = None) -> Callable[..., 
         return current_principal
     chosen = tuple(schemes)
 
-    async def dependency(request: Request) -> AsyncIterator[Principal]:
+    async def dependency(request: Request) -> Principal:
         security = _security(request)
         principal = await security.authenticate(request, chosen)
         if principal is None:
             raise security.missing_credentials(chosen)
-        with bind_context(principal=principal):
-            yield principal
+        _bind_principal(principal)
+        return principal
 
     return dependency
 
@@ -436,11 +473,11 @@ def require_permissions(
         raise ValueError("require_permissions() needs at least one permission")
     for permission in permissions:
         _check_permission(permission)
+    # Called, not declared with Depends: one dependency per route is much cheaper for FastAPI to solve.
     principal_dependency = authenticated(schemes)
 
-    async def dependency(
-        request: Request, principal: Annotated[Principal, Depends(principal_dependency)]
-    ) -> Principal:
+    async def dependency(request: Request) -> Principal:
+        principal = await principal_dependency(request)
         checker = rbac or _security(request).rbac
         if checker is None:
             raise ConfigError("require_permissions needs an RBAC: pass rbac= here or to WebSecurity")
@@ -467,11 +504,8 @@ def rate_limit(
     if not callable(by) and by not in ("principal", "ip"):
         raise ValueError(f"rate_limit by={by!r}: use 'principal', 'ip' or a callable")
 
-    async def dependency(
-        request: Request,
-        response: Response,
-        principal: Annotated[Principal | None, Depends(optional_principal)],
-    ) -> Decision:
+    async def dependency(request: Request, response: Response) -> Decision:
+        principal = await optional_principal(request)
         if callable(by):
             key = by(request, principal)
         elif by == "principal" and principal is not None:

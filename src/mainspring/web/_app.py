@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from mainspring._compat import require
 from mainspring.context import (
@@ -32,11 +32,15 @@ from mainspring.context import (
     TRACESTATE_HEADER,
     RequestContext,
     extract,
+    new_correlation_id,
+    new_request_id,
     reset_context,
     set_context,
 )
 from mainspring.errors import ConfigError, MainspringError, ServiceUnavailableError, ValidationError
 from mainspring.logging import get_logger
+from mainspring.observability._asgi import route_template
+from mainspring.observability._metrics import get_metrics
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -75,7 +79,14 @@ def _problem_body(error: MainspringError) -> bytes:
 
 
 class RequestMiddleware:
-    """The chassis's per-request work in one pure ASGI layer (see the module docstring)."""
+    """The chassis's per-request work in one pure ASGI layer (see the module docstring).
+
+    ``response_headers`` (name, value pairs: the security headers under :func:`create_app`) are added
+    to every response that does not set them itself.
+    """
+
+    #: Marks a layer that gives each request its own :mod:`mainspring.context` scope.
+    scopes_context = True
 
     def __init__(
         self,
@@ -85,6 +96,7 @@ class RequestMiddleware:
         metrics: MetricsRegistry | None = None,
         access_log_sample: float = 1.0,
         excluded_paths: Iterable[str] = ("/metrics",),
+        response_headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         """Wrap ``app``; ``access_log_sample`` is the share of successful requests logged (0 to 1)."""
         if not 0.0 <= access_log_sample <= 1.0:
@@ -94,20 +106,29 @@ class RequestMiddleware:
         self.metrics = metrics
         self.sample = access_log_sample
         self.excluded = frozenset(excluded_paths)
+        self._headers: list[tuple[bytes, bytes]] = []
+        for name, value in response_headers:
+            if not name or any(c in name for c in " :\r\n") or "\n" in value or "\r" in value:
+                raise ConfigError(f"response header {name!r} is not a valid header")
+            self._headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        self._header_names = frozenset(name for name, _ in self._headers)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = {
-            k.decode("latin-1").lower(): v.decode("latin-1")
-            for k, v in scope.get("headers", ())
-            if k.lower() in _PROPAGATED
-        }
-        values = extract(headers)
-        token = set_context(
-            RequestContext(
+        propagated: dict[str, str] | None = None
+        for name, value in scope.get("headers", ()):
+            if name.lower() in _PROPAGATED:
+                if propagated is None:
+                    propagated = {}
+                propagated[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if propagated is None:  # most requests: nothing to continue, two fresh ids
+            context = RequestContext(correlation_id=new_correlation_id(), request_id=new_request_id())
+        else:
+            values = extract(propagated)
+            context = RequestContext(
                 correlation_id=values["correlation_id"],
                 request_id=values["request_id"],
                 causation_id=values.get("causation_id"),
@@ -116,9 +137,13 @@ class RequestMiddleware:
                 trace_flags=values.get("trace_flags"),
                 tracestate=values.get("tracestate"),
             )
-        )
-        correlation = values["correlation_id"].encode("latin-1")
-        request_id = values["request_id"].encode("latin-1")
+        token = set_context(context)
+        ids = [
+            (_CORRELATION, context.correlation_id.encode("latin-1")),  # type: ignore[union-attr]
+            (_REQUEST, context.request_id.encode("latin-1")),  # type: ignore[union-attr]
+        ]
+        extra = self._headers
+        extra_names = self._header_names
         status = 500
         response_started = False
 
@@ -127,14 +152,11 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message = {
-                    **message,
-                    "headers": [
-                        *message.get("headers", ()),
-                        (_CORRELATION, correlation),
-                        (_REQUEST, request_id),
-                    ],
-                }
+                headers = [*message.get("headers", ()), *ids]
+                if extra:
+                    present = {bytes(name).lower() for name, _ in headers} & extra_names
+                    headers += extra if not present else [h for h in extra if h[0] not in present]
+                message = {**message, "headers": headers}
             await send(message)
 
         path: str = scope.get("path", "")
@@ -167,8 +189,6 @@ class RequestMiddleware:
             reset_context(token)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        from mainspring.observability import get_metrics, route_template
-
         route = route_template(scope)
         method = scope.get("method", "")
         (self.metrics or get_metrics()).record_http(method, route, status, seconds)
@@ -213,28 +233,23 @@ def _observe_components(service: Service, registry: MetricsRegistry) -> None:
             collector.add_outbox_relay(component, name, replace=True)
 
 
+#: The security headers :func:`create_app` puts on every response that does not set them itself: a
+#: strict baseline for a JSON API (the same as ``mainspring.security.fastapi``'s defaults).
+SECURITY_HEADERS: Final[Mapping[str, str]] = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Referrer-Policy": "no-referrer",
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
 #: The Content-Security-Policy of ``/docs``: Swagger UI loads its script and style from jsDelivr.
 DOCS_CSP = (
     "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
     "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
     "connect-src 'self'; frame-ancestors 'none'"
 )
-
-
-class _SecurityHeaders:
-    """The security headers everywhere, with a CSP that lets Swagger UI load on ``/docs``."""
-
-    def __init__(self, app: Any) -> None:
-        from mainspring.security.fastapi import SecurityHeadersMiddleware
-
-        self.default = SecurityHeadersMiddleware(app)
-        self.docs = SecurityHeadersMiddleware(app, headers={"Content-Security-Policy": DOCS_CSP})
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path", "").startswith("/docs"):
-            await self.docs(scope, receive, send)
-        else:
-            await self.default(scope, receive, send)
 
 
 class _AsgiEndpoint:
@@ -299,7 +314,8 @@ def create_app(
                 await service.stop()
 
     name = title or str(getattr(settings, "service_name", None) or "mainspring service")
-    app = FastAPI(title=name, version=version, lifespan=lifespan, docs_url="/docs")
+    app = FastAPI(title=name, version=version, lifespan=lifespan, docs_url=None, redoc_url=None)
+    _add_docs(app, name)
 
     def problem(error: MainspringError) -> Response:
         headers: dict[str, str] = {}
@@ -361,9 +377,36 @@ def create_app(
     app.router.routes.append(Route("/metrics", _AsgiEndpoint(metrics_app(metrics)), include_in_schema=False))
     for router in routers:
         app.include_router(router)
-    if security_headers:
-        app.add_middleware(_SecurityHeaders)
     app.add_middleware(
-        RequestMiddleware, service=service, metrics=metrics, access_log_sample=access_log_sample
+        RequestMiddleware,
+        service=service,
+        metrics=metrics,
+        access_log_sample=access_log_sample,
+        response_headers=SECURITY_HEADERS.items() if security_headers else (),
     )
     return app
+
+
+def _add_docs(app: FastAPI, name: str) -> None:
+    """``/docs`` (Swagger UI) and its OAuth2 redirect page, with a CSP that lets Swagger UI load."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from starlette.responses import HTMLResponse
+
+    redirect = "/docs/oauth2-redirect"
+
+    async def docs() -> HTMLResponse:
+        response = get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{name} - docs",
+            oauth2_redirect_url=redirect,
+        )
+        response.headers["Content-Security-Policy"] = DOCS_CSP
+        return response
+
+    async def oauth2_redirect() -> HTMLResponse:
+        response = get_swagger_ui_oauth2_redirect_html()
+        response.headers["Content-Security-Policy"] = DOCS_CSP
+        return response
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    app.add_api_route(redirect, oauth2_redirect, methods=["GET"], include_in_schema=False)

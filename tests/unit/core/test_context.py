@@ -187,3 +187,20 @@ def test_traceparent_format_and_parse_round_trip(trace_id: str, span_id: str) ->
         assert parsed is None
     else:
         assert parsed == (trace_id, span_id, "01")
+
+
+def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next three ids and leave at once
+        os.write(write, "".join(new_correlation_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    parent = "".join(new_correlation_id() for _ in range(3))
+    assert len(child) == 96
+    assert child != parent

@@ -440,3 +440,48 @@ def test_arbitrary_text_only_ever_raises_authentication_error(text: str) -> None
 def test_arbitrary_parts_only_ever_raise_authentication_error(h: bytes, p: bytes, s: bytes) -> None:
     with pytest.raises(AuthenticationError):
         _FUZZ_SERVICE.verify(f"{b64(h)}.{b64(p)}.{b64(s)}")
+
+
+# -- the verification cache ---------------------------------------------------------------------------
+
+
+def test_a_token_seen_before_is_not_verified_again(ed_key: JwtKey) -> None:
+    svc = service(KeyRing(ed_key))
+    token = svc.issue("user-1")
+    assert svc.verify(token) is svc.verify(token)
+    uncached = service(KeyRing(ed_key), verify_cache_size=0)
+    assert uncached.verify(token) is not uncached.verify(token)
+
+
+def test_a_cached_token_is_rejected_once_it_expires() -> None:
+    key = JwtKey.generate("HS256", kid="hs-1")
+    now = [NOW]
+    svc = TokenService(KeyRing(key), issuer=ISS, audience=AUD, leeway=0, clock=lambda: now[0])
+    token = svc.issue("user-1", ttl=60)
+    assert svc.verify(token).subject == "user-1"
+    now[0] += 61
+    with pytest.raises(AuthenticationError) as caught:
+        svc.verify(token)
+    assert caught.value.details["reason"] == "expired"
+
+
+def test_a_cached_token_is_rejected_after_its_key_leaves_the_ring(ed_key: JwtKey, rsa_key: JwtKey) -> None:
+    svc = service(KeyRing(ed_key))
+    token = svc.issue("user-1")
+    svc.verify(token)
+    svc.use_ring(KeyRing(rsa_key))
+    with pytest.raises(AuthenticationError) as caught:
+        svc.verify(token)
+    assert caught.value.details["reason"] == "kid_unknown"
+
+
+def test_a_full_cache_starts_again_and_keeps_verifying(ed_key: JwtKey) -> None:
+    svc = service(KeyRing(ed_key), verify_cache_size=2)
+    tokens = [svc.issue(f"user-{i}") for i in range(5)]
+    assert [svc.verify(t).subject for t in tokens * 2] == [f"user-{i}" for i in range(5)] * 2
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, True, "10"])
+def test_a_bad_verify_cache_size_is_refused(ed_key: JwtKey, size: Any) -> None:
+    with pytest.raises(ValidationError, match="verify_cache_size"):
+        service(KeyRing(ed_key), verify_cache_size=size)

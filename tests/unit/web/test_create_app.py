@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel
 
-from mainspring.context import get_context
-from mainspring.errors import NotFoundError, RateLimitedError
+from mainspring.context import Principal, get_context
+from mainspring.errors import ConfigError, NotFoundError, RateLimitedError
 from mainspring.observability import MetricsRegistry
+from mainspring.security import JwtKey, KeyRing, TokenService
+from mainspring.security.fastapi import BearerScheme, WebSecurity, current_principal
 from mainspring.service import Service
-from mainspring.web import create_app
+from mainspring.web import RequestMiddleware, create_app
 
 router = APIRouter()
 
@@ -162,3 +164,41 @@ async def test_docs_get_a_csp_that_lets_swagger_load(client: httpx.AsyncClient) 
     assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
     api = await client.get("/items/1")
     assert "cdn.jsdelivr.net" not in api.headers["content-security-policy"]
+
+
+async def test_a_header_the_route_sets_is_kept_and_bad_extra_headers_are_refused() -> None:
+    own = APIRouter()
+
+    @own.get("/framed")
+    async def framed(response: Response) -> dict[str, bool]:
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
+        return {"ok": True}
+
+    app = create_app(routers=[own], metrics=MetricsRegistry())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.get("/framed")
+    assert response.status_code == 200
+    assert response.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    with pytest.raises(ConfigError, match="not a valid header"):
+        RequestMiddleware(app, response_headers=[("X-Bad", "a\r\nSet-Cookie: x=1")])
+
+
+async def test_the_principal_is_bound_for_the_request_and_gone_after_it() -> None:
+    tokens = TokenService(KeyRing(JwtKey.generate("HS256", kid="k")), issuer="i", audience="a")
+    secured = APIRouter()
+
+    @secured.get("/me")
+    async def me(principal: Annotated[Principal, Depends(current_principal)]) -> dict[str, Any]:
+        bound = get_context().principal
+        return {"id": principal.id, "bound": bound.id if bound else None}
+
+    app = create_app(routers=[secured], metrics=MetricsRegistry())
+    WebSecurity([BearerScheme(tokens)]).install(app)
+    # create_app's RequestMiddleware already scopes the context: install adds no second layer.
+    assert [m.cls.__name__ for m in app.user_middleware] == ["RequestMiddleware"]
+    headers = {"Authorization": f"Bearer {tokens.issue('alice')}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        assert (await client.get("/me", headers=headers)).json() == {"id": "alice", "bound": "alice"}
+        assert (await client.get("/me")).status_code == 401
+    assert get_context().principal is None
