@@ -98,6 +98,19 @@ class RequestContext:
                 items.append(("tenant", self.principal.tenant))
         object.__setattr__(self, "log_fields", tuple(items))
 
+    def with_principal(self, principal: Principal | None) -> RequestContext:
+        """Return a copy with ``principal`` set (what :func:`dataclasses.replace` does, faster)."""
+        return RequestContext(
+            correlation_id=self.correlation_id,
+            request_id=self.request_id,
+            causation_id=self.causation_id,
+            principal=principal,
+            trace_id=self.trace_id,
+            span_id=self.span_id,
+            trace_flags=self.trace_flags,
+            tracestate=self.tracestate,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """Return the set values by name (the principal as a :class:`Principal`)."""
         return {

@@ -15,7 +15,6 @@ Needs the ``web`` extra (``mainspring[web]``); the rest of :mod:`mainspring.secu
 
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from mainspring._compat import require
@@ -72,6 +71,8 @@ log = get_logger("mainspring.security.web")
 
 _STATE_SECURITY = "mainspring_security"
 _STATE_PRINCIPAL = "mainspring_principal"
+_UNSET: Any = object()
+_PRINCIPAL_CACHE_SIZE = 1024
 _STATE_CHALLENGE = "mainspring_challenge"
 _STATE_SESSION = "mainspring_session"
 _STATE_RATE_HEADERS = "mainspring_rate_limit_headers"
@@ -143,6 +144,9 @@ class BearerScheme:
         self._revocation = revocation
         self._to_principal = to_principal
         self._realm = realm.replace('"', "")
+        # token -> (the VerifiedToken it mapped from, the principal): the TokenService hands back the
+        # same VerifiedToken while it caches a token, so its principal is built once too.
+        self._principals: dict[str, tuple[VerifiedToken, Principal]] = {}
 
     @property
     def challenge(self) -> str:
@@ -151,7 +155,7 @@ class BearerScheme:
 
     async def authenticate(self, request: Request) -> Principal | None:
         """Verify the bearer token, if the request has one."""
-        header = request.headers.get("authorization")
+        header = _authorization(request.scope)
         if not header:
             return None
         kind, _, token = header.partition(" ")
@@ -171,7 +175,23 @@ class BearerScheme:
             # RFC 6750 section 3.1: a rejected token gets error="invalid_token" in the challenge.
             setattr(request.state, _STATE_CHALLENGE, f'{self.challenge}, error="invalid_token"')
             raise
-        return self._to_principal(verified)
+        known = self._principals.get(token)
+        if known is not None and known[0] is verified:
+            return known[1]
+        principal = self._to_principal(verified)
+        if len(self._principals) >= _PRINCIPAL_CACHE_SIZE:
+            self._principals.clear()
+        self._principals[token] = (verified, principal)
+        return principal
+
+
+def _authorization(scope: Mapping[str, Any]) -> str | None:
+    # Straight from the ASGI scope: cheaper than building Starlette's Headers for one lookup.
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization" or name.lower() == b"authorization":
+            decoded: str = value.decode("latin-1")
+            return decoded
+    return None
 
 
 def _principal_from_api_key(record: ApiKeyRecord) -> Principal:
@@ -411,7 +431,7 @@ def _bind_principal(principal: Principal) -> None:
     # WebSecurity.install adds otherwise) restores the previous context when the request ends. A
     # generator dependency could reset it itself, but FastAPI's generator path costs more than the
     # authentication it wraps.
-    set_context(replace(get_context(), principal=principal))
+    set_context(get_context().with_principal(principal))
 
 
 async def optional_principal(request: Request) -> Principal | None:
@@ -420,12 +440,14 @@ async def optional_principal(request: Request) -> Principal | None:
     Authentication runs once per request (the result is kept on ``request.state``), and the principal
     is bound in :mod:`mainspring.context` for the rest of the request (logging, audit).
     """
-    state = request.state
-    if hasattr(state, _STATE_PRINCIPAL):
-        cached: Principal | None = getattr(state, _STATE_PRINCIPAL)
+    # request.state is the scope's "state" dict; read it directly (a missing attribute on State
+    # costs an exception).
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    cached: Principal | None = state.get(_STATE_PRINCIPAL, _UNSET)
+    if cached is not _UNSET:
         return cached
     principal = await _security(request).authenticate(request)
-    setattr(state, _STATE_PRINCIPAL, principal)
+    state[_STATE_PRINCIPAL] = principal
     if principal is not None:
         _bind_principal(principal)
     return principal

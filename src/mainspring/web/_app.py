@@ -375,8 +375,7 @@ def create_app(
 
     # A Route (not a mount, which would redirect /metrics to /metrics/) around the ASGI exposition app.
     app.router.routes.append(Route("/metrics", _AsgiEndpoint(metrics_app(metrics)), include_in_schema=False))
-    for router in routers:
-        app.include_router(router)
+    _include_first(app, routers)
     app.add_middleware(
         RequestMiddleware,
         service=service,
@@ -385,6 +384,37 @@ def create_app(
         response_headers=SECURITY_HEADERS.items() if security_headers else (),
     )
     return app
+
+
+def _include_first(app: FastAPI, routers: Iterable[Any]) -> None:
+    """Include ``routers`` ahead of the chassis routes, refusing one that would shadow them.
+
+    The router tries routes in order, so the application's own routes (nearly every request) go
+    first and do not pay for matching ``/health/*``, ``/metrics`` and ``/docs`` on the way.
+    """
+    from starlette.routing import Match
+
+    chassis = list(app.router.routes)
+    routers = list(routers)
+    for router in routers:
+        app.include_router(router)
+    own = [route for route in app.router.routes if route not in chassis]
+    # The routes as the application declared them (an included router's own routes), for the check.
+    declared = [route for router in routers for route in getattr(router, "routes", ())]
+    for route in chassis:
+        path = getattr(route, "path", "")
+        if not path or "{" in path:
+            continue
+        for method in sorted(getattr(route, "methods", None) or {"GET"}):
+            scope = {"type": "http", "path": path, "method": method, "root_path": "", "headers": []}
+            clash = next((r for r in declared if r.matches(dict(scope))[0] == Match.FULL), None)
+            if clash is not None:
+                name = getattr(clash, "path", None) or type(clash).__name__
+                raise ConfigError(
+                    f"the application's route {name!r} also answers {method} {path}, which "
+                    "create_app serves; give it another path"
+                )
+    app.router.routes[:] = [*own, *chassis]
 
 
 def _add_docs(app: FastAPI, name: str) -> None:

@@ -204,3 +204,16 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
     parent = "".join(new_correlation_id() for _ in range(3))
     assert len(child) == 96
     assert child != parent
+
+
+def test_with_principal_keeps_every_other_field() -> None:
+    from dataclasses import fields, replace
+
+    from mainspring.context import Principal, RequestContext
+
+    values = {f.name: f"{f.name}-1" for f in fields(RequestContext) if f.init and f.name != "principal"}
+    context = RequestContext(**values)
+    alice = Principal("alice", tenant="t1")
+    assert context.with_principal(alice) == replace(context, principal=alice)
+    assert context.with_principal(alice).log_fields == replace(context, principal=alice).log_fields
+    assert context.with_principal(alice).with_principal(None) == context

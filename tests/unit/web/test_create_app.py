@@ -202,3 +202,53 @@ async def test_the_principal_is_bound_for_the_request_and_gone_after_it() -> Non
         assert (await client.get("/me", headers=headers)).json() == {"id": "alice", "bound": "alice"}
         assert (await client.get("/me")).status_code == 401
     assert get_context().principal is None
+
+
+async def test_a_repeated_token_maps_to_its_principal_once_until_the_ring_changes() -> None:
+    tokens = TokenService(KeyRing(JwtKey.generate("HS256", kid="k")), issuer="i", audience="a")
+    mapped: list[str] = []
+
+    def to_principal(verified: Any) -> Principal:
+        mapped.append(verified.subject)
+        return Principal(verified.subject, roles=frozenset({"customer"}))
+
+    secured = APIRouter()
+
+    @secured.get("/me")
+    async def me(principal: Annotated[Principal, Depends(current_principal)]) -> dict[str, Any]:
+        return {"id": principal.id, "roles": sorted(principal.roles)}
+
+    app = create_app(routers=[secured], metrics=MetricsRegistry())
+    WebSecurity([BearerScheme(tokens, to_principal=to_principal)]).install(app)
+    alice = {"Authorization": f"Bearer {tokens.issue('alice')}"}
+    bob = {"Authorization": f"Bearer {tokens.issue('bob')}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        for headers in (alice, alice, bob, alice):
+            response = await client.get("/me", headers=headers)
+            assert response.status_code == 200
+        assert response.json() == {"id": "alice", "roles": ["customer"]}
+        tokens.use_ring(KeyRing(tokens.ring.signing_key))
+        assert (await client.get("/me", headers=alice)).status_code == 200
+    assert mapped == ["alice", "bob", "alice"]
+
+
+async def test_a_route_that_would_shadow_a_chassis_route_is_refused() -> None:
+    catch_all = APIRouter()
+
+    @catch_all.get("/{path:path}")
+    async def anything(path: str) -> dict[str, str]:
+        return {"path": path}
+
+    with pytest.raises(ConfigError, match=r"route ./{path:path}. also answers GET /"):
+        create_app(routers=[catch_all], metrics=MetricsRegistry())
+    posts_only = APIRouter()
+
+    @posts_only.post("/{path:path}")
+    async def post_anything(path: str) -> dict[str, str]:
+        return {"path": path}
+
+    app = create_app(routers=[posts_only], metrics=MetricsRegistry())  # GET routes are not shadowed
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        assert (await client.get("/health/live")).json()["status"] == "pass"
+        assert (await client.post("/health/live")).json() == {"path": "health/live"}
+        assert (await client.get("/openapi.json")).status_code == 200
