@@ -18,7 +18,9 @@ Load: ``wrk`` when it is on the PATH (``apt-get install wrk`` on Debian), otherw
 (``--load`` mode of this script: asyncio streams, HTTP/1.1 keep-alive, raw request bytes). Two phases:
 
 1. saturation — a fixed number of connections, each sending its next request when the previous answer
-   arrived; requests per second, p50 and p99 (at saturation latency is mostly queueing: connections/RPS);
+   arrived; requests per second, p50 and p99 (at saturation latency is mostly queueing: connections/RPS),
+   and the server process's CPU time per request (from ``/proc``, all its threads): on a shared machine
+   other jobs move the rates a lot and the CPU per request much less;
 2. fixed rate (in-repo generator only) — requests scheduled at a constant rate, the same for every stack
    (a share of the full stack's saturation RPS); latency counted from the scheduled time, so a stalled
    server is not hidden by the generator waiting for it.
@@ -27,8 +29,8 @@ Rounds alternate the stacks (rotating their order); the table shows medians. Aft
 resident memory (``VmRSS``) of each server is read from ``/proc``; a ``create_app`` service warmed up with a
 few thousand requests should stay under 100 MB. ``mainspring.demo`` is measured too when it exists.
 
-``--profile`` instead times the layers in-process (a raw ASGI call loop, no server) by adding them one by
-one, and prints cProfile's top functions for the full stack.
+``--profile`` instead times the layers in-process (a raw ASGI call loop, no server, CPU time of the
+process) by adding them one by one, and prints cProfile's top functions for the full stack.
 
 Usage: ``python benchmarks/http_bench.py [--rounds 5] [--duration 8] [--quick] [--profile]``.
 """

@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from mainspring._compat import require
 from mainspring.context import (
@@ -233,17 +233,6 @@ def _observe_components(service: Service, registry: MetricsRegistry) -> None:
             collector.add_outbox_relay(component, name, replace=True)
 
 
-#: The security headers :func:`create_app` puts on every response that does not set them itself: a
-#: strict baseline for a JSON API (the same as ``mainspring.security.fastapi``'s defaults).
-SECURITY_HEADERS: Final[Mapping[str, str]] = {
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Referrer-Policy": "no-referrer",
-    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-}
-
 #: The Content-Security-Policy of ``/docs``: Swagger UI loads its script and style from jsDelivr.
 DOCS_CSP = (
     "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
@@ -381,9 +370,15 @@ def create_app(
         service=service,
         metrics=metrics,
         access_log_sample=access_log_sample,
-        response_headers=SECURITY_HEADERS.items() if security_headers else (),
+        response_headers=_security_headers() if security_headers else (),
     )
     return app
+
+
+def _security_headers() -> list[tuple[str, str]]:
+    from mainspring.security.fastapi import DEFAULT_SECURITY_HEADERS
+
+    return list(DEFAULT_SECURITY_HEADERS.items())
 
 
 def _include_first(app: FastAPI, routers: Iterable[Any]) -> None:
