@@ -4,28 +4,36 @@ A :class:`JwtKey` binds one key to exactly one algorithm and a ``kid``; key obje
 verification does no parsing of key material. A :class:`KeyRing` has one signing key and any number of
 verification keys (the signing key included); rotating means building a new ring whose signing key is new
 and whose verification keys still include the old one until every token it signed has expired.
+
+``cryptography`` (about 10 MB resident) is imported only when an EdDSA, ES256 or RS256 key is generated,
+loaded or used: a service that signs with HS256 secrets alone never loads it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from mainspring.errors import ConfigError, ConfigProblem
 from mainspring.security._jose import b64url_encode
+
+if TYPE_CHECKING:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    _PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    _PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 #: The algorithms a key may be bound to (RFC 7518 names; "EdDSA" is Ed25519 here, RFC 8037).
 JwtAlgorithm = Literal["EdDSA", "ES256", "RS256", "HS256"]
@@ -34,12 +42,53 @@ JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = get_args(JwtAlgorithm)
 _MIN_HMAC_BYTES = 32  # RFC 7518 section 3.2: at least the hash output size
 _MIN_RSA_BITS = 2048
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-_SHA256 = hashes.SHA256()
-_PKCS1 = padding.PKCS1v15()
-_ECDSA = ec.ECDSA(_SHA256)
 
-_PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-_PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+# ``cryptography`` is imported on the first asymmetric key, and only then; what the hot paths need is
+# resolved once (import statements in every sign/verify call would cost about 5 us, an ES256 verify ~70 us).
+@functools.cache
+def _private_key_types() -> tuple[
+    type[ed25519.Ed25519PrivateKey], type[ec.EllipticCurvePrivateKey], type[rsa.RSAPrivateKey]
+]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    return ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey
+
+
+@functools.cache
+def _public_key_types() -> tuple[
+    type[ed25519.Ed25519PublicKey], type[ec.EllipticCurvePublicKey], type[rsa.RSAPublicKey]
+]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    return ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey
+
+
+class _Signing(NamedTuple):
+    invalid_signature: type[InvalidSignature]
+    decode_dss_signature: Callable[[bytes], tuple[int, int]]
+    encode_dss_signature: Callable[[int, int], bytes]
+    sha256: hashes.SHA256
+    pkcs1: padding.PKCS1v15
+    ecdsa: ec.ECDSA
+
+
+@functools.cache
+def _signing() -> _Signing:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    sha256 = hashes.SHA256()
+    return _Signing(
+        InvalidSignature,
+        decode_dss_signature,
+        encode_dss_signature,
+        sha256,
+        padding.PKCS1v15(),
+        ec.ECDSA(sha256),
+    )
 
 
 def _key_error(kid: str | None, reason: str) -> ConfigError:
@@ -72,7 +121,10 @@ def _check_key(algorithm: str, key: object, kid: str | None) -> None:
     if algorithm == "HS256":
         if not isinstance(key, bytes) or len(key) < _MIN_HMAC_BYTES:
             raise _key_error(kid, f"an HS256 secret needs at least {_MIN_HMAC_BYTES} random bytes")
-    elif algorithm == "EdDSA":
+        return
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if algorithm == "EdDSA":
         if not isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
             raise _key_error(kid, "EdDSA needs an Ed25519 key")
     elif algorithm == "ES256":
@@ -109,9 +161,9 @@ class JwtKey:
         _check_key(algorithm, key, kid)
         if isinstance(key, bytes):
             return cls(kid or secrets.token_urlsafe(12), "HS256", None, None, key)
-        private = key if isinstance(key, _PrivateKey) else None
+        private = key if isinstance(key, _private_key_types()) else None
         public = private.public_key() if private is not None else key
-        assert isinstance(public, _PublicKey)
+        assert isinstance(public, _public_key_types())
         made = cls("", algorithm, private, public, None)  # type: ignore[arg-type]
         object.__setattr__(made, "kid", kid or made.thumbprint())
         return made
@@ -124,10 +176,16 @@ class JwtKey:
         """
         key: object
         if algorithm == "EdDSA":
+            from cryptography.hazmat.primitives.asymmetric import ed25519
+
             key = ed25519.Ed25519PrivateKey.generate()
         elif algorithm == "ES256":
+            from cryptography.hazmat.primitives.asymmetric import ec
+
             key = ec.generate_private_key(ec.SECP256R1())
         elif algorithm == "RS256":
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         else:
             key = secrets.token_bytes(_MIN_HMAC_BYTES)
@@ -155,6 +213,8 @@ class JwtKey:
         password: bytes | None = None,
     ) -> JwtKey:
         """Load a PEM private key (can sign) or public key / certificate-free SPKI (verify only)."""
+        from cryptography.hazmat.primitives import serialization
+
         data = pem.encode() if isinstance(pem, str) else pem
         key: object
         try:
@@ -187,6 +247,8 @@ class JwtKey:
         elif kty == "OKP":
             if jwk.get("crv") != "Ed25519":
                 raise _key_error(kid, "only the Ed25519 OKP curve is supported")
+            from cryptography.hazmat.primitives.asymmetric import ed25519
+
             try:
                 if "d" in jwk:
                     key = ed25519.Ed25519PrivateKey.from_private_bytes(_b64d(jwk["d"], "d", kid))
@@ -197,6 +259,8 @@ class JwtKey:
         elif kty == "EC":
             if jwk.get("crv") != "P-256":
                 raise _key_error(kid, "only the P-256 EC curve is supported")
+            from cryptography.hazmat.primitives.asymmetric import ec
+
             x = int.from_bytes(_b64d(jwk.get("x"), "x", kid), "big")
             y = int.from_bytes(_b64d(jwk.get("y"), "y", kid), "big")
             pub = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1())
@@ -260,12 +324,19 @@ class JwtKey:
         """The public key as PEM (SubjectPublicKeyInfo); refuses HS256 keys."""
         if self._public is None:
             raise _key_error(self.kid, "an HS256 secret has no public form")
+        from cryptography.hazmat.primitives import serialization
+
         return self._public.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
     def _public_members(self) -> dict[str, str]:
         pub = self._public
+        if pub is None:
+            raise _key_error(self.kid, "an HS256 secret has no public form and is never published")
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
         if isinstance(pub, ed25519.Ed25519PublicKey):
             raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
@@ -284,13 +355,17 @@ class JwtKey:
         if self._secret is not None:
             return hmac.digest(self._secret, signing_input, "sha256")
         key = self._private
-        if isinstance(key, ed25519.Ed25519PrivateKey):
+        if key is None:
+            raise _key_error(self.kid, "this key holds no private part and cannot sign")
+        ed25519_key, ec_key, rsa_key = _private_key_types()
+        c = _signing()
+        if isinstance(key, ed25519_key):
             return key.sign(signing_input)
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            r, s = decode_dss_signature(key.sign(signing_input, _ECDSA))
+        if isinstance(key, ec_key):
+            r, s = c.decode_dss_signature(key.sign(signing_input, c.ecdsa))
             return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        if isinstance(key, rsa.RSAPrivateKey):
-            return key.sign(signing_input, _PKCS1, _SHA256)
+        if isinstance(key, rsa_key):
+            return key.sign(signing_input, c.pkcs1, c.sha256)
         raise _key_error(self.kid, "this key holds no private part and cannot sign")
 
     def verify(self, signing_input: bytes, signature: bytes) -> bool:
@@ -298,27 +373,33 @@ class JwtKey:
         if self._secret is not None:
             return hmac.compare_digest(hmac.digest(self._secret, signing_input, "sha256"), signature)
         pub = self._public
+        if pub is None:
+            return False
+        ed25519_key, ec_key, rsa_key = _public_key_types()
+        c = _signing()
         try:
-            if isinstance(pub, ed25519.Ed25519PublicKey):
+            if isinstance(pub, ed25519_key):
                 pub.verify(signature, signing_input)
-            elif isinstance(pub, rsa.RSAPublicKey):
-                pub.verify(signature, signing_input, _PKCS1, _SHA256)
-            elif isinstance(pub, ec.EllipticCurvePublicKey):
+            elif isinstance(pub, rsa_key):
+                pub.verify(signature, signing_input, c.pkcs1, c.sha256)
+            elif isinstance(pub, ec_key):
                 # JWS carries raw r||s (RFC 7518 section 3.4), not DER.
                 if len(signature) != 64:
                     return False
-                der = encode_dss_signature(
+                der = c.encode_dss_signature(
                     int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
                 )
-                pub.verify(der, signing_input, _ECDSA)
+                pub.verify(der, signing_input, c.ecdsa)
             else:
                 return False
-        except InvalidSignature:
+        except c.invalid_signature:
             return False
         return True
 
 
 def _rsa_from_jwk(jwk: Mapping[str, Any], kid: str | None) -> object:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     n = int.from_bytes(_b64d(jwk.get("n"), "n", kid), "big")
     e = int.from_bytes(_b64d(jwk.get("e"), "e", kid), "big")
     pub = rsa.RSAPublicNumbers(e, n)

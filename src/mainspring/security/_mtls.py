@@ -3,7 +3,9 @@
 The contexts are the standard library's, hardened: TLS 1.2 at least, certificates verified against the
 CA file you give (not the system store, which would let any public CA vouch for a client), and, on the
 server, a client certificate required. File problems surface as :class:`ConfigError` listing every bad
-file at once, when the context is built, not on the first handshake.
+file at once, when the context is built, not on the first handshake. The contexts need only the
+standard library; ``cryptography`` is imported only to read a certificate given as bytes or as a
+``cryptography`` object.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Literal
-
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Literal
 
 from mainspring.context import Principal
 from mainspring.errors import AuthenticationError, ConfigError, ConfigProblem, ValidationError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "IdentitySource",
@@ -179,10 +181,14 @@ def client_tls_context(
     return context
 
 
-PeerCertificate = x509.Certificate | bytes | Mapping[str, object]
+if TYPE_CHECKING:
+    PeerCertificate = x509.Certificate | bytes | Mapping[str, object]
 
 
 def _names_from_x509(cert: x509.Certificate) -> dict[IdentitySource, list[str]]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     names: dict[IdentitySource, list[str]] = {"uri": [], "dns": [], "cn": []}
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -229,6 +235,10 @@ def _parse(cert: object) -> dict[IdentitySource, list[str]]:
     if cert is None or (isinstance(cert, Mapping) and not cert):
         # getpeercert() gives None without a certificate and {} when it was not verified (CERT_NONE).
         raise AuthenticationError("no verified client certificate: the peer presented none")
+    if isinstance(cert, Mapping):
+        return _names_from_dict(cert)
+    from cryptography import x509
+
     if isinstance(cert, x509.Certificate):
         return _names_from_x509(cert)
     if isinstance(cert, bytes | bytearray | memoryview):
@@ -245,8 +255,6 @@ def _parse(cert: object) -> dict[IdentitySource, list[str]]:
                 errors=[{"loc": ["cert"], "msg": "not a certificate"}],
             ) from None
         return _names_from_x509(parsed)
-    if isinstance(cert, Mapping):
-        return _names_from_dict(cert)
     raise ValidationError(
         f"client certificate: expected a cryptography Certificate, DER bytes or a getpeercert() dict, "
         f"got {type(cert).__name__}",

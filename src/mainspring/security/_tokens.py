@@ -1,10 +1,12 @@
 """Access tokens: issue and verify JWTs (JWS compact) against a :class:`KeyRing`.
 
-Verification is written directly on ``cryptography`` so every rejection rule is ours and explicit, in this
-order: size, shape and alphabet; header JSON; ``alg`` (``none`` refused); headers that point at keys
-(``jku``, ``x5u``, ``jwk``, ``x5c``, never followed); ``crit``; ``kid`` lookup; algorithm confusion and
-per-key algorithm; signature; then the claims (``exp``, ``nbf``, ``iat``, ``iss``, ``aud``, required
-claims). Nothing about a token is cached: every call checks everything.
+Verification is written directly on ``cryptography`` (the standard library's ``hmac`` for HS256) so
+every rejection rule is ours and explicit, in this order: size, shape and alphabet; header JSON; ``alg``
+(``none`` refused); headers that point at keys (``jku``, ``x5u``, ``jwk``, ``x5c``, never followed);
+``crit``; ``kid`` lookup; algorithm confusion and per-key algorithm; signature; then the claims (``exp``,
+``nbf``, ``iat``, ``iss``, ``aud``, required claims). A token seen before (:class:`TokenService` keeps up
+to ``verify_cache_size``) skips the steps up to the signature, which depend only on the token and the
+key ring; its claims are checked on every call.
 """
 
 from __future__ import annotations
