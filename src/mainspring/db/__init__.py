@@ -15,8 +15,9 @@ connection a ``ServiceUnavailableError``). See ``docs/db.md``, ``docs/db-models.
 ``docs/migrations.md``.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mainspring._compat import lazy_exports
 from mainspring.config._sections import DatabaseSettings, DatabaseTLS
 from mainspring.db._base import NAMING_CONVENTION, Base, secret_column
 from mainspring.db._changelog import ChangeAction, ChangeLog
@@ -43,18 +44,7 @@ if TYPE_CHECKING:
 
 # Migrations pull in Alembic: imported on first use, so a running service that does not migrate at
 # start never loads it.
-_LAZY = frozenset({"MigrationStep", "Migrator", "RevisionInfo"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from mainspring.db import _migrate
-
-        value = getattr(_migrate, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mainspring.db' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, "mainspring.db._migrate", ("MigrationStep", "Migrator", "RevisionInfo"))
 
 __all__ = [
     "INCLUDE_DELETED",

@@ -3,8 +3,9 @@
 Import the names you need from here: ``from mainspring.security import PasswordHasher``.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mainspring._compat import lazy_exports
 from mainspring.context import Principal
 from mainspring.security._apikeys import (
     ApiKeyRecord,
@@ -66,18 +67,11 @@ if TYPE_CHECKING:
 
 # The SQL stores pull in SQLAlchemy (about 20 MB): imported on first use, so a service that does not
 # use them (a JWT-only API, say) never loads it.
-_LAZY = frozenset({"SqlApiKeyStore", "SqlRecoveryCodeStore", "SqlRefreshTokenStore", "SqlTotpReplayStore"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from mainspring.security import _stores_sql
-
-        value = getattr(_stores_sql, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mainspring.security' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(
+    __name__,
+    "mainspring.security._stores_sql",
+    ("SqlApiKeyStore", "SqlRecoveryCodeStore", "SqlRefreshTokenStore", "SqlTotpReplayStore"),
+)
 
 __all__ = [
     "BCRYPT_MAX_PASSWORD_BYTES",

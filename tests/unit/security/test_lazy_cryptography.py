@@ -23,6 +23,7 @@ loaded = {}
 
 def step(name):
     loaded[name] = "cryptography" in sys.modules
+    loaded[name + ":sqlalchemy"] = "sqlalchemy" in sys.modules
 
 
 import mainspring.security
@@ -41,6 +42,9 @@ principal_from_certificate({"subject": ((("commonName", "orders"),),)})
 step("hs256")
 JwtKey.generate("EdDSA")
 step("eddsa")
+from mainspring.security import SqlApiKeyStore
+
+step("sql-store")
 sys.stdout.write(orjson.dumps(loaded).decode())
 """
 
@@ -67,3 +71,9 @@ def test_hs256_tokens_key_rings_and_a_getpeercert_dict_do_not_load_cryptography(
 
 def test_generating_an_eddsa_key_loads_cryptography(loaded: dict[str, bool]) -> None:
     assert loaded["eddsa"] is True
+
+
+def test_the_sql_stores_and_so_sqlalchemy_load_only_when_asked_for(loaded: dict[str, bool]) -> None:
+    assert loaded["import:sqlalchemy"] is False
+    assert loaded["eddsa:sqlalchemy"] is False
+    assert loaded["sql-store:sqlalchemy"] is True
