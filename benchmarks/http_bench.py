@@ -21,9 +21,9 @@ Load: ``wrk`` when it is on the PATH (``apt-get install wrk`` on Debian), otherw
    arrived; requests per second, p50 and p99 (at saturation latency is mostly queueing: connections/RPS),
    and the server process's CPU time per request (from ``/proc``, all its threads): on a shared machine
    other jobs move the rates a lot and the CPU per request much less;
-2. fixed rate (in-repo generator only) — requests scheduled at a constant rate, the same for every stack
-   (a share of the full stack's saturation RPS); latency counted from the scheduled time, so a stalled
-   server is not hidden by the generator waiting for it.
+2. fixed rate (always the in-repo generator: wrk cannot hold a rate) — requests scheduled at a
+   constant rate, the same for every stack (a share of the full stack's saturation RPS); latency counted
+   from the scheduled time, so a stalled server is not hidden by the generator waiting for it.
 
 Rounds alternate the stacks (rotating their order); the table shows medians. After the rounds the
 resident memory (``VmRSS``) of each server is read from ``/proc``; a ``create_app`` service warmed up with a
@@ -461,10 +461,12 @@ _WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 def _run_wrk(env: dict[str, str], port: int, duration: float, warmup: float) -> dict[str, Any]:
     header = f"Authorization: Bearer {env['MAINSPRING_BENCH_TOKEN']}"
     url = f"http://127.0.0.1:{port}{PATH}"
+    warmed = 0
     if warmup:
         warm = f"-d{max(1, round(warmup))}s"
-        subprocess.run([*_pin(1), "wrk", "-t1", f"-c{CONNECTIONS}", warm, "-H", header, url],
-                       check=True, capture_output=True)  # fmt: skip
+        warm_out = subprocess.run([*_pin(1), "wrk", "-t1", f"-c{CONNECTIONS}", warm, "-H", header, url],
+                                  check=True, capture_output=True, text=True).stdout  # fmt: skip
+        warmed = _wrk_count(warm_out)
     out = subprocess.run(
         [*_pin(1), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(duration))}s", "--latency",
          "-H", header, url],
@@ -482,7 +484,13 @@ def _run_wrk(env: dict[str, str], port: int, duration: float, warmup: float) -> 
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "errors": int(bad.group(1)) if bad else 0,
+        "total": warmed + _wrk_count(out),
     }
+
+
+def _wrk_count(out: str) -> int:
+    match = re.search(r"(\d+) requests in", out)
+    return int(match.group(1)) if match else 0
 
 
 def _versions() -> str:
@@ -571,7 +579,7 @@ def bench(args: argparse.Namespace) -> None:
         print(f"\nfull / plain = {full / base:.2f} by RPS, {base_cpu / full_cpu:.2f} by server CPU "
               "per request (goal >= 0.75)")  # fmt: skip
 
-        if not wrk and args.rate_share > 0:
+        if args.rate_share > 0:  # always the in-repo generator: wrk cannot hold a fixed rate
             rate = round(full * args.rate_share, -1)
             fixed: dict[str, list[dict[str, Any]]] = {name: [] for name in STACKS}
             for round_no in range(args.rounds):

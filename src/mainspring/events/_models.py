@@ -22,7 +22,7 @@ MESSAGE_ID_LENGTH = 64
 
 
 class OutboxEntry(Base):
-    """A message waiting in the outbox (or already published, until the relay cleans it up)."""
+    """A message waiting in the outbox (or published and kept for the relay's ``retention``)."""
 
     __tablename__ = "outbox"
     __table_args__ = (

@@ -1,9 +1,10 @@
 """The transactional outbox: ``Outbox.add`` in a unit of work, ``OutboxRelay`` publishes afterwards.
 
 A message added to the outbox is a row written in the same transaction as the business data, so
-either both commit or neither does. :class:`OutboxRelay` claims pending rows in batches, publishes
-them through a :class:`~mainspring.messaging.Broker`'s transport and marks them published in the
-same database transaction that holds the claim:
+either both commit or neither does. :class:`OutboxRelay` claims pending rows in batches, settles
+them (deletes them, or marks them published when ``retention`` keeps them) and publishes them
+through a :class:`~mainspring.messaging.Broker`'s transport, all in the database transaction that
+holds the claim, so a failed publish leaves the rows pending:
 
 * PostgreSQL and MariaDB claim with ``FOR UPDATE SKIP LOCKED``, so several relays share the work and
   no claimed row is published by two relays. A relay that dies mid-batch loses its locks with its
@@ -26,10 +27,10 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, any_, bindparam, delete, event, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+import orjson
+from sqlalchemy import Table, delete, event, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
 
@@ -37,6 +38,7 @@ from mainspring._lifecycle import AsyncLifecycle
 from mainspring.db import Database
 from mainspring.db._types import utcnow
 from mainspring.errors import BadRequestError, ConfigError, InternalError, MainspringError
+from mainspring.events._claim import BatchClaim
 from mainspring.events._models import KEY_LENGTH, OutboxEntry
 from mainspring.logging import get_logger
 from mainspring.messaging import Broker, Codec, Message, Record, as_message, build_record
@@ -61,6 +63,9 @@ def _notify_before_commit(session: Session) -> None:
     channel = session.info.pop(_NOTIFY_INFO_KEY, None)
     if channel is not None:
         session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
+
+
+_INSERT = insert(cast(Table, OutboxEntry.__table__))
 
 
 def _wake_local(database: Database) -> None:
@@ -142,9 +147,10 @@ class Outbox:
                     "attempts": 0,
                 }
             )
-        # A Core INSERT (executemany for several rows) in the unit's transaction: no ORM bookkeeping,
-        # and a SAVEPOINT that rolls back removes the rows with it.
-        await unit.session.execute(insert(OutboxEntry), rows)
+        # A Core INSERT (executemany for several rows) on the unit's connection: no ORM bulk-insert
+        # machinery, and a SAVEPOINT that rolls back removes the rows with it.
+        connection = await unit.session.connection()
+        await connection.execute(_INSERT, rows)
         info = unit.session.info
         if self.database.dialect == "postgresql":
             info[_NOTIFY_INFO_KEY] = self.channel
@@ -179,8 +185,9 @@ class OutboxRelay(AsyncLifecycle):
     """Publish pending outbox rows through ``broker`` (see the module docstring for the guarantees).
 
     The relay does not start or stop the broker; the service does. ``batch_size`` rows are claimed
-    per transaction; ``poll_interval`` is the fallback wake-up period; published rows are deleted
-    ``retention`` seconds after publishing, checked every ``cleanup_interval`` seconds.
+    per transaction; ``poll_interval`` is the fallback wake-up period. Published rows are deleted in
+    the transaction that publishes them; with ``retention`` > 0 they are marked published instead and
+    deleted ``retention`` seconds later, checked every ``cleanup_interval`` seconds.
     """
 
     def __init__(
@@ -191,20 +198,18 @@ class OutboxRelay(AsyncLifecycle):
         batch_size: int = 200,
         poll_interval: float = 1.0,
         listen: bool = True,
-        retention: float = 3600.0,
+        retention: float = 0.0,
         cleanup_interval: float = 60.0,
         channel: str = DEFAULT_CHANNEL,
     ) -> None:
         """Configure the relay; nothing runs before :meth:`start`."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        for name, value in (
-            ("poll_interval", poll_interval),
-            ("retention", retention),
-            ("cleanup_interval", cleanup_interval),
-        ):
+        for name, value in (("poll_interval", poll_interval), ("cleanup_interval", cleanup_interval)):
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(retention, int | float) or retention < 0:
+            raise ConfigError(f"retention must be a number of seconds >= 0, got {retention!r}")
         self.database = database
         self.broker = broker
         self.batch_size = batch_size
@@ -215,7 +220,9 @@ class OutboxRelay(AsyncLifecycle):
         self.channel = channel
         self.stats = OutboxRelayStats()
         # Pending rows read per round to find each key's oldest row: room for other relays' claims.
-        self._window = batch_size * 4
+        self._claim = BatchClaim(
+            database.dialect, batch_size=batch_size, window=batch_size * 4, mark=bool(retention)
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: AsyncConnection | None = None
@@ -225,86 +232,30 @@ class OutboxRelay(AsyncLifecycle):
     # -- one round --------------------------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """Claim, publish and mark one batch; return how many rows were published.
+        """Claim, settle and publish one batch; return how many rows were published.
 
-        The relay reads a window of the oldest pending rows without locking them, so it knows for
-        every key which pending row is the oldest (the head). It then locks up to ``batch_size`` of
-        the window's rows with ``SKIP LOCKED`` (rows another relay holds are skipped) in one
-        statement of constant shape, and takes the heads it holds, each followed by its key's next
-        rows up to the first one it could not lock. They are published in ``seq`` order, then
-        marked, in the same transaction.
+        Up to ``batch_size`` pending rows are locked (``SKIP LOCKED``: rows another relay holds are
+        skipped; per key only the oldest pending row and the ones right after it), settled (deleted,
+        or marked published when ``retention`` keeps them), then published in ``seq`` order, all in
+        one transaction: a failed publish rolls the settling back and the rows stay pending. On
+        PostgreSQL the claim and the settling are one statement.
         """
         async with self.database.transaction() as unit:
-            session = unit.session
-            window = (
-                await session.execute(
-                    select(OutboxEntry.seq, OutboxEntry.key)
-                    .where(OutboxEntry.published_at.is_(None))
-                    .order_by(OutboxEntry.seq)
-                    .limit(self._window)
-                )
-            ).all()
-            if not window:
-                return 0
-            heads: list[int] = []
-            followers: dict[str, list[int]] = {}
-            for seq, key in window:
-                if key is None:
-                    heads.append(seq)
-                elif key in followers:
-                    followers[key].append(seq)
-                else:
-                    followers[key] = []
-                    heads.append(seq)
-            claim = self._claim(window[0][0], window[-1][0])
-            locked = {row.seq: row for row in (await session.execute(claim)).all()}
-            rows: list[Any] = []
-            for seq in heads:
-                row = locked.get(seq)
-                if row is None:
-                    continue
-                rows.append(row)
-                for follower in followers.get(row.key, ()) if row.key is not None else ():
-                    next_row = locked.get(follower)
-                    if next_row is None:
-                        break  # keep the key's order: nothing after a row we could not take
-                    rows.append(next_row)
-            if not rows:
-                return 0
-            # A prefix in seq order keeps every key's rows contiguous from its head.
-            rows = sorted(rows, key=lambda row: row.seq)[: self.batch_size]
-            records = [
-                Record(topic=row.topic, body=bytes(row.body), headers=dict(row.headers), key=row.key)
-                for row in rows
-            ]
-            await self._publish(records)
-            await session.execute(self._mark([row.seq for row in rows]))
-        self._count(len(rows))
+            rows = await self._claim(unit.session)
+            if rows:
+                await self._publish(rows)
+        if rows:
+            self._count(len(rows))
         return len(rows)
 
-    def _claim(self, lo: int, hi: int) -> Any:
-        return (
-            select(OutboxEntry.seq, OutboxEntry.topic, OutboxEntry.key, OutboxEntry.headers, OutboxEntry.body)
-            .where(OutboxEntry.seq >= lo, OutboxEntry.seq <= hi, OutboxEntry.published_at.is_(None))
-            .order_by(OutboxEntry.seq)
-            .limit(self.batch_size)
-            .with_for_update(skip_locked=True)
-        )
-
-    def _mark(self, seqs: list[int]) -> Any:
-        if self.database.dialect == "postgresql":
-            # One array parameter instead of one per row: the statement stays prepared.
-            condition = OutboxEntry.seq == any_(bindparam("seqs", seqs, type_=ARRAY(BigInteger)))
-        else:
-            condition = OutboxEntry.seq.in_(seqs)
-        return (
-            update(OutboxEntry)
-            .where(condition)
-            .values(published_at=utcnow(), attempts=OutboxEntry.attempts + 1)
-        )
-
-    async def _publish(self, records: Sequence[Record]) -> None:
-        # Runs of one topic go out together; the order across the whole batch is kept.
+    async def _publish(self, rows: Sequence[Any]) -> None:
+        # Rows are (topic, key, headers as JSON text, body). Runs of one topic go out together; the
+        # order across the whole batch is kept.
+        loads = orjson.loads
+        records = [
+            Record(topic=topic, body=bytes(body), headers=loads(headers), key=key)
+            for topic, key, headers, body in rows
+        ]
         start = 0
         for index in range(1, len(records) + 1):
             if index == len(records) or records[index].topic != records[start].topic:
@@ -335,7 +286,12 @@ class OutboxRelay(AsyncLifecycle):
         return OutboxBacklog(pending=int(count), oldest_age=age)
 
     async def cleanup(self) -> int:
-        """Delete rows published more than ``retention`` seconds ago; return how many."""
+        """Delete rows published more than ``retention`` seconds ago; return how many.
+
+        The relay's loop runs it every ``cleanup_interval`` seconds when ``retention`` > 0. With
+        ``retention`` 0 published rows are deleted as they are published, and this removes the rows
+        an earlier relay with ``retention`` kept.
+        """
         cutoff = utcnow() - dt.timedelta(seconds=self.retention)
         async with self.database.transaction() as unit:
             result = await unit.session.execute(
@@ -391,7 +347,7 @@ class OutboxRelay(AsyncLifecycle):
             self._wake.clear()
             try:
                 published = await self.run_once()
-                if time.monotonic() - self._last_cleanup > self.cleanup_interval:
+                if self.retention and time.monotonic() - self._last_cleanup > self.cleanup_interval:
                     self._last_cleanup = time.monotonic()
                     await self.cleanup()
             except Exception as exc:  # noqa: BLE001 - the relay outlives a failed round; logged, retried

@@ -15,7 +15,7 @@ from sqlalchemy import MetaData, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mainspring.db import NAMING_CONVENTION, Base, Database
-from mainspring.errors import InternalError
+from mainspring.errors import InternalError, ServiceUnavailableError
 from mainspring.events import (
     Inbox,
     InboxEntry,
@@ -119,12 +119,15 @@ async def test_outbox_add_outside_a_unit_of_work_is_refused(db: Database) -> Non
         await Outbox(db).add("orders", {"n": 1})
 
 
-async def test_relay_publishes_in_order_per_key_and_marks_rows(db: Database, broker: Broker) -> None:
+@pytest.mark.parametrize("retention", [0, 60], ids=["deleted", "kept"])
+async def test_relay_publishes_in_order_per_key_and_deletes_or_marks_rows(
+    db: Database, broker: Broker, retention: int
+) -> None:
     outbox = Outbox(db)
     async with db.transaction():
         for n in range(30):
-            await outbox.add("ticks", {"n": n}, key=f"k{n % 3}")
-    relay = OutboxRelay(db, broker, batch_size=7)
+            await outbox.add("ticks", {"n": n}, key=f"k{n % 3}", headers={"tenant": "t-1"})
+    relay = OutboxRelay(db, broker, batch_size=7, retention=retention)
     while await relay.run_once():
         pass
     records = await broker.transport.browse("ticks", limit=100)
@@ -132,7 +135,12 @@ async def test_relay_publishes_in_order_per_key_and_marks_rows(db: Database, bro
     for record in records:
         by_key.setdefault(record.key or "", []).append(_n(record))
     assert by_key == {f"k{i}": list(range(i, 30, 3)) for i in range(3)}
+    assert {record.headers["tenant"] for record in records} == {"t-1"}
     assert await _count(db, OutboxEntry, OutboxEntry.published_at.is_(None)) == 0
+    if retention:
+        assert await _count(db, OutboxEntry, OutboxEntry.attempts == 1) == 30, "kept and marked"
+    else:
+        assert await _count(db, OutboxEntry) == 0, "deleted as published"
     assert relay.stats.published == 30
     backlog = await relay.backlog()
     assert (backlog.pending, backlog.oldest_age) == (0, 0.0)
@@ -168,6 +176,7 @@ async def test_cleanup_deletes_old_published_rows_only(db: Database, broker: Bro
             await outbox.add("t", {"n": n})
     relay = OutboxRelay(db, broker, retention=0.001)
     assert await relay.run_once() == 3
+    assert await _count(db, OutboxEntry, OutboxEntry.published_at.is_not(None)) == 3
     async with db.transaction():
         await outbox.add("t", {"n": 99})  # pending: must survive the cleanup
     await asyncio.sleep(0.01)
@@ -215,6 +224,38 @@ async def test_inbox_forgets_a_failed_attempt_so_the_retry_runs(db: Database) ->
     assert not await inbox.seen(message.id, "c")
     assert await inbox.process(message, "c", flaky)
     assert await _count(db, Effect) == 1  # the failed attempt's write rolled back with its inbox row
+
+
+class _FailingOnce(MemoryTransport):
+    """Refuses the first publish, as a broker that is down would, then publishes normally."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.failed = False
+
+    async def publish(self, records: Sequence[Record], *, delay: float | None = None) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ServiceUnavailableError("broker down")
+        await super().publish(records, delay=delay)
+
+
+async def test_failed_publish_leaves_the_claimed_rows_pending(db: Database) -> None:
+    transport = _FailingOnce(f"memory://{uuid.uuid4().hex}")
+    broker = Broker(transport)
+    outbox = Outbox(db)
+    async with db.transaction():
+        sent = [await outbox.add("orders", {"n": n}, key="c1") for n in range(5)]
+    relay = OutboxRelay(db, broker)
+    async with broker:
+        with pytest.raises(ServiceUnavailableError, match="broker down"):
+            await relay.run_once()
+        assert await _count(db, OutboxEntry, OutboxEntry.published_at.is_(None)) == 5
+        assert relay.stats.published == 0
+        assert await relay.run_once() == 5
+        records = await transport.browse("orders", limit=10)
+    assert [r.headers["ce_id"] for r in records] == [m.id for m in sent]
+    assert await _count(db, OutboxEntry) == 0
 
 
 class _PublishThenHang(MemoryTransport):
@@ -306,6 +347,7 @@ async def test_concurrent_relays_never_publish_a_claimed_row_twice(
     assert len(ids) == total
     assert len(set(ids)) == total
     assert sum(r.stats.published for r in relays) == total
+    assert await _count(db, OutboxEntry) == 0
     per_key: dict[str, list[int]] = {}
     for record in records:
         if record.key is not None:
