@@ -74,8 +74,35 @@ class RedisDelivery(Delivery):
         await self.subscription.settle(self, (0.0, None))
 
 
+class _AckBatch:
+    """Entry ids acked together, by stream, and the future their callers wait on."""
+
+    __slots__ = ("done", "group", "ids", "retry_stream")
+
+    def __init__(self, done: asyncio.Future[None], group: str, retry_stream: str) -> None:
+        self.done = done
+        # A waiter cancelled meanwhile would leave a failure unretrieved: mark it seen.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.group, self.retry_stream = group, retry_stream
+        self.ids: dict[str, list[bytes]] = {}
+
+    async def command(self, client: Any) -> Any:
+        """``XACK`` the ids of each stream (and ``XDEL`` those of the group's retry stream)."""
+        if len(self.ids) == 1 and self.retry_stream not in self.ids:  # the usual case: one command
+            ((stream, ids),) = self.ids.items()
+            return await client.xack(stream, self.group, *ids)
+        async with client.pipeline(transaction=False) as pipe:
+            for stream, ids in self.ids.items():
+                pipe.xack(stream, self.group, *ids)
+                if stream == self.retry_stream:  # only this group reads it: drop what is done
+                    pipe.xdel(stream, *ids)
+            return await pipe.execute()
+
+
 class RedisSubscription(Subscription):
     """One consumer of a group, reading the topic stream and the group's retry stream."""
+
+    batch_acks = True  # an XACK is a round trip; one XACK acks many
 
     def __init__(
         self, transport: RedisTransport, topic: str, group: str, consumer: str, prefetch: int
@@ -95,6 +122,8 @@ class RedisSubscription(Subscription):
         self._failures = 0
         self._lock = asyncio.Lock()
         self._closed = False
+        self._acks: _AckBatch | None = None  # acks gathering for the next XACK
+        self._ack_flusher: asyncio.Task[None] | None = None
 
     async def declare(self, client: Any) -> None:
         """Create the group on both streams from id 0 (an existing group is kept)."""
@@ -244,14 +273,15 @@ class RedisSubscription(Subscription):
             return
         delivery.settled = True
         stream, entry_id = delivery.stream, delivery.entry_id
+        if again is None and patience is None:
+            await self._ack(stream, entry_id)
+            return
         fields = entry_fields(delivery.record, None if again is None else again[1])
         delay = 0.0 if again is None else again[0]
         member = delayed_member(fields) if delay > 0 else b""
         delay_us = str(math.ceil(delay * 1_000_000))
 
         async def run(client: Any) -> Any:
-            if again is None and stream != self.retry_stream:  # a plain ack: one command, no MULTI
-                return await client.xack(stream, self.group, entry_id)
             async with client.pipeline(transaction=True) as pipe:
                 if member:
                     pipe.eval(ADD_DELAYED_SCRIPT, 1, self._move_keys[2], delay_us, member)
@@ -269,24 +299,103 @@ class RedisSubscription(Subscription):
             self._recover = True  # still pending for us: the next fetch hands it out again
             raise
         finally:
-            self._inflight.discard((stream, entry_id))
-            if self._settled_meanwhile is not None:
-                self._settled_meanwhile.add((stream, entry_id))
+            self._done_with(stream, entry_id)
         if member:  # look for it when it is due, not only at the next periodic move
             self._next_move = min(self._next_move, time.monotonic() + delay)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        """Ack ``deliveries`` in the next ``XACK`` (see :meth:`_ack`); one outcome for them all."""
+        for delivery in deliveries:
+            if not isinstance(delivery, RedisDelivery) or delivery.subscription is not self:
+                raise BadRequestError(f"{delivery!r} is not a delivery of this subscription")
+        batch = None
+        for delivery in deliveries:
+            assert isinstance(delivery, RedisDelivery)  # checked above
+            if not delivery.settled:  # the broker settles once; a second call changes nothing
+                delivery.settled = True
+                batch = self._add_ack(delivery.stream, delivery.entry_id)
+        if batch is not None:
+            try:
+                await asyncio.shield(batch.done)
+            except MainspringError as exc:
+                return [exc] * len(deliveries)
+        return [None] * len(deliveries)
+
+    def _done_with(self, stream: str, entry_id: bytes) -> None:
+        self._inflight.discard((stream, entry_id))
+        if self._settled_meanwhile is not None:
+            self._settled_meanwhile.add((stream, entry_id))
+
+    async def _ack(self, stream: str, entry_id: bytes) -> None:
+        """Ack one entry together with every other ack asked for while the previous ``XACK`` ran.
+
+        One flusher task at a time sends what has gathered (one ``XACK`` per stream, plus the
+        ``XDEL`` of retry-stream entries) and then what gathered meanwhile; each caller waits for the
+        reply that covers its entry, so an ack still returns only once Redis has it.
+        """
+        # Shielded: a caller cancelled while waiting must not cancel the reply the others wait for.
+        await asyncio.shield(self._add_ack(stream, entry_id).done)
+
+    def _add_ack(self, stream: str, entry_id: bytes) -> _AckBatch:
+        batch = self._acks
+        if batch is None:
+            batch = self._acks = _AckBatch(
+                asyncio.get_running_loop().create_future(), self.group, self.retry_stream
+            )
+        batch.ids.setdefault(stream, []).append(entry_id)
+        if self._ack_flusher is None:
+            self._ack_flusher = asyncio.create_task(
+                self._flush_acks(), name=f"mainspring-redis-ack-{self.topic}-{self.group}"
+            )
+        return batch
+
+    async def _flush_acks(self) -> None:
+        try:
+            while (batch := self._acks) is not None:
+                self._acks = None
+                try:
+                    await self.transport.call("ack", batch.command)
+                except Exception as exc:  # noqa: BLE001 - handed to every caller waiting for this batch
+                    self._recover = True  # still pending for us: the next fetch hands them out again
+                    batch.done.set_exception(exc)
+                except BaseException:
+                    batch.done.cancel()
+                    raise
+                else:
+                    batch.done.set_result(None)
+                finally:
+                    for stream, ids in batch.ids.items():
+                        for entry_id in ids:
+                            self._done_with(stream, entry_id)
+        finally:
+            self._ack_flusher = None
+            if (left := self._acks) is not None:  # cancelled with acks gathered: they stay pending
+                self._acks = None
+                self._recover = True
+                left.done.cancel()
+                for stream, ids in left.ids.items():
+                    for entry_id in ids:
+                        self._done_with(stream, entry_id)
+
+    async def _wait_for_acks(self) -> None:
+        """Wait until every ack asked for so far has its reply (or failed)."""
+        while (flusher := self._ack_flusher) is not None:
+            await asyncio.wait([flusher])
 
     # --- close --------------------------------------------------------------------------------------
 
     async def close(self) -> None:
         """Stop consuming: put buffered entries back, and leave the group if nothing is pending.
 
-        One attempt each, without waiting through an outage: what stays pending is claimed by another
-        consumer after ``claim_idle``.
+        Acks already asked for are waited for first (through an outage, as any ack). Then one attempt
+        each, without waiting through an outage: what stays pending is claimed by another consumer
+        after ``claim_idle``.
         """
         if self._closed:
             return
         self._closed = True
         self.transport.forget(self)
+        await self._wait_for_acks()
         try:
             if self._recover:  # a cut read may have left entries pending for us: give them back too
                 async with asyncio.timeout(self.transport.timeout):

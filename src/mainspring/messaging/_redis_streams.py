@@ -11,9 +11,11 @@ is ready for Cluster, which the transport does not accept yet):
   reads it; an entry is deleted once acked).
 * ``ms:{orders}:retry:<group>:delayed`` -- sorted set of that group's retries waiting for their delay.
 
-A stream entry holds the fields ``body``, ``key`` (only when the record has one) and one ``h:<name>``
-field per header. A sorted-set member holds the same fields, preceded by a unique token, as
-netstring-like ``<length>:<bytes>`` items, which the move script decodes.
+A stream entry holds the fields ``body``, ``key`` (only when the record has one) and ``headers`` (the
+headers as one JSON object; entries written by earlier versions hold one ``h:<name>`` field per header,
+which is still read). One field instead of one per header keeps ``XADD`` and ``XREADGROUP`` cheap.
+A sorted-set member holds the same fields, preceded by a unique token, as netstring-like
+``<length>:<bytes>`` items, which the move script decodes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import orjson
 
 from mainspring.messaging._transport import Record
 
@@ -37,7 +41,7 @@ __all__ = [
     "entry_record",
 ]
 
-_BODY, _KEY, _HEADER = b"body", b"key", b"h:"
+_BODY, _KEY, _HEADERS, _LEGACY_HEADER = b"body", b"key", b"headers", b"h:"
 
 # KEYS[1]: sorted set. ARGV[1]: delay in microseconds; ARGV[2..]: members. The due time is taken from
 # the server clock, the same clock MOVE_DUE_SCRIPT compares with, so client clock skew cannot make a
@@ -118,21 +122,36 @@ class TopicKeys:
 
 def entry_fields(record: Record, headers: Mapping[str, str] | None = None) -> dict[bytes, bytes]:
     """Return the stream entry fields of ``record`` (with ``headers`` instead of its own, if given)."""
-    fields = {_BODY: bytes(record.body)}
+    body = record.body
+    fields = {_BODY: body if type(body) is bytes else bytes(body)}
     if record.key is not None:
         fields[_KEY] = record.key.encode()
-    for name, value in (record.headers if headers is None else headers).items():
-        fields[_HEADER + name.encode()] = value.encode()
+    chosen = record.headers if headers is None else headers
+    if chosen:
+        fields[_HEADERS] = orjson.dumps(chosen if type(chosen) is dict else dict(chosen))
     return fields
+
+
+def _decode_headers(raw: bytes) -> dict[str, str]:
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}  # not written by us: like any field of someone else's, ignored
+    if not isinstance(decoded, dict):
+        return {}
+    return {name: value if isinstance(value, str) else str(value) for name, value in decoded.items()}
 
 
 def entry_record(topic: str, fields: Mapping[bytes, bytes]) -> Record:
     """Return the record a stream entry holds (fields other than ours are ignored)."""
-    headers = {
-        name[len(_HEADER) :].decode(errors="replace"): value.decode(errors="replace")
-        for name, value in fields.items()
-        if name.startswith(_HEADER)
-    }
+    raw = fields.get(_HEADERS)
+    headers = _decode_headers(raw) if raw is not None else {}
+    if len(fields) > 3 or raw is None:  # an entry written with one ``h:<name>`` field per header
+        for name, value in fields.items():
+            if name.startswith(_LEGACY_HEADER):
+                headers.setdefault(
+                    name[len(_LEGACY_HEADER) :].decode(errors="replace"), value.decode(errors="replace")
+                )
     key = fields.get(_KEY)
     return Record(
         topic=topic,

@@ -8,7 +8,8 @@ letters, per-key ordering, concurrency, graceful stop, circuit breaking -- is wr
 * how to publish durably (a publish returns once the broker has the record: confirms, acks);
 * how to hand out records to a consumer group (:meth:`Transport.subscribe` -> :class:`Subscription`);
 * how to settle one delivery: :meth:`Delivery.ack`, :meth:`Delivery.retry` (redeliver after a delay,
-  with new headers), :meth:`Delivery.release` (give it back at once, e.g. at shutdown);
+  with new headers), :meth:`Delivery.release` (give it back at once, e.g. at shutdown); and,
+  optionally, how to ack many at once (:meth:`Subscription.ack_many`);
 * how to look at and empty a dead-letter topic (:meth:`Transport.browse`, :meth:`Transport.purge`).
 
 Delivery is at least once: a record that is neither acked nor retried is redelivered eventually (after
@@ -116,12 +117,34 @@ class Delivery(ABC):
 class Subscription(ABC):
     """A consumer group's stream of deliveries from one topic."""
 
+    #: True when each ack costs a round trip and :meth:`ack_many` settles many in one: the broker then
+    #: acks handled deliveries in the background, gathered, while its handlers go on. False (the
+    #: default): the broker awaits each ack before its handler takes the next message.
+    batch_acks: bool = False
+
     @abstractmethod
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[Delivery]:
         """Return up to ``max_messages`` deliveries, waiting at most ``timeout`` seconds for the first.
 
         Returns an empty sequence on timeout. Must not busy-loop while idle.
         """
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        """Ack ``deliveries`` of this subscription; return, in their order, None or why each failed.
+
+        With :attr:`batch_acks`, the broker acks what its handlers finished through this method.
+        This default acks them one after another with :meth:`Delivery.ack`; a transport whose ack
+        waits for a reply overrides it to settle them in one call.
+        """
+        outcomes: list[Exception | None] = []
+        for delivery in deliveries:
+            try:
+                await delivery.ack()
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller, per delivery
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     @abstractmethod
     async def close(self) -> None:

@@ -80,6 +80,11 @@ _CE_ATTRIBUTES = frozenset(
 _TRACEBACK_FRAMES = 5
 _JSON = JsonCodec()
 _ERROR_MESSAGE_LIMIT = 2000
+_DEFAULT_PREFETCH = 100
+# A default prefetch holds about this many seconds of handler work per lane (by the handler's
+# average run time), never less than 2 deliveries per lane.
+_AHEAD_SECONDS = 1.0
+_PACE_WEIGHT = 0.2  # weight of the latest run time in the moving average
 
 
 class Inbox(Protocol):
@@ -179,6 +184,9 @@ class SubscriberInfo:
     also_message: bool = False
     is_async: bool = True
     prefetch: int = 0
+    #: False when ``prefetch`` is the default ceiling, which the subscriber lowers while its handler
+    #: is slow (see :meth:`Broker.add_subscriber`).
+    fixed_prefetch: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -475,7 +483,13 @@ class Broker(AsyncLifecycle):
         - ``dlq``: send exhausted and non-retryable messages to ``<topic>.dlq`` (else log and drop).
         - ``inbox``: run the handler at most once per message id through the broker's ``inbox``.
         - ``breaker``: while it is open the subscriber stops fetching; handler failures feed it.
-        - ``prefetch``: deliveries fetched ahead (default ``2 * concurrency``).
+        - ``prefetch``: most deliveries fetched ahead and not yet settled. By default up to
+          ``max(100, 2 * concurrency)``, and fewer while the handler is slow: about a second of work
+          per lane (never fewer than ``2 * concurrency``), so that fetched messages do not wait long
+          enough for the transport to hand them to another consumer (Redis ``claim_idle``, NATS
+          ``ack_wait``). Where the broker pushes messages into a window of its own (RabbitMQ's
+          QoS), that window stays ``2 * concurrency``. A number given is used as is (window
+          included). More is fetched once half of it is settled.
         """
         check_topic(topic)
         if topic.endswith(DLQ_SUFFIX):
@@ -513,7 +527,8 @@ class Broker(AsyncLifecycle):
             arg_kind=arg_kind,
             also_message=also_message,
             is_async=inspect.iscoroutinefunction(handler),
-            prefetch=prefetch or 2 * concurrency,
+            prefetch=prefetch or max(_DEFAULT_PREFETCH, 2 * concurrency),
+            fixed_prefetch=prefetch is not None,
         )
         self._subscribers.append(info)
         return info
@@ -543,8 +558,9 @@ class Broker(AsyncLifecycle):
         """Stop fetching, let in-flight handlers finish within ``drain_timeout``, release the rest.
 
         Deliveries fetched but not started are released at once; handlers still running at the
-        deadline are cancelled and their messages released for redelivery. Then the transport
-        closes. Safe to call twice.
+        deadline are cancelled and their messages released for redelivery. Acks of handled messages
+        still on their way (a transport may send them in the background, see
+        ``Subscription.batch_acks``) are awaited, then the transport closes. Safe to call twice.
         """
         if not self._started:
             return
@@ -558,7 +574,8 @@ class Broker(AsyncLifecycle):
 
     # -- consuming --------------------------------------------------------------------------------
 
-    def _decode(self, info: SubscriberInfo, delivery: Delivery) -> tuple[Message, tuple[Any, ...]]:
+    def _decode(self, info: SubscriberInfo, delivery: Delivery) -> tuple[Message | None, tuple[Any, ...]]:
+        """Return the message (None when neither the handler nor the inbox sees it) and the arguments."""
         record = delivery.record
         headers = record.headers
         content_type = headers.get(CONTENT_TYPE, JsonCodec.content_type)
@@ -584,6 +601,8 @@ class Broker(AsyncLifecycle):
                 ) from exc
         else:
             data = codec.decode(record.body, headers)
+        if info.arg_kind != _ARG_MESSAGE and not info.also_message and not info.inbox:
+            return None, (data,)  # the per-message cost of a Message nobody looks at is saved
         message = Message(
             data=data,
             type=headers.get(CE_TYPE, ""),
@@ -679,26 +698,42 @@ class Broker(AsyncLifecycle):
         else:
             await asyncio.to_thread(info.handler, *args)
 
-    async def _handle(self, info: SubscriberInfo, delivery: Delivery) -> None:
-        """Decode, run and settle one delivery; every outcome ends in exactly one settle call."""
+    def _acked(self, info: SubscriberInfo, seconds: float) -> None:
+        """Count a delivery acked after its handler ran for ``seconds`` (< 0: a duplicate skipped)."""
+        self.stats.handled += 1
+        if seconds >= 0:
+            self._observe(info, "handled", seconds)
+
+    async def _run(self, info: SubscriberInfo, delivery: Delivery) -> float | None:
+        """Decode and run one delivery; settle it unless the handler succeeded (one settle call each).
+
+        Returns None when the delivery is settled (retried, dead-lettered, released); else the
+        handler's run time in seconds (-1.0 for a duplicate the inbox skipped), and the delivery is
+        still to be acked (then counted with :meth:`_acked`).
+        """
         try:
             message, args = self._decode(info, delivery)
         except InvalidPayloadError as exc:
             self.stats.failed += 1
             await self._dead_letter(info, delivery, exc, exc.code)
-            return
+            return None
         permit = None
         if info.breaker is not None:
             try:
                 permit = info.breaker.acquire()
             except CircuitOpenError:
                 await self._release(delivery, info)
-                return
-        traceparent = delivery.record.headers.get(CE_TRACEPARENT)
+                return None
+        headers = delivery.record.headers
+        if message is not None:
+            message_id, correlation = message.id, message.correlation_id
+        else:  # as _decode would have set them
+            message_id, correlation = headers.get(CE_ID) or "unknown", headers.get(CE_CORRELATION_ID)
+        traceparent = headers.get(CE_TRACEPARENT)
         trace = parse_traceparent(traceparent) if traceparent is not None else None
         context = RequestContext(
-            correlation_id=message.correlation_id or message.id,
-            causation_id=message.id,
+            correlation_id=correlation or message_id,
+            causation_id=message_id,
             trace_id=trace[0] if trace is not None else None,
             span_id=trace[1] if trace is not None else None,
             trace_flags=trace[2] if trace is not None else None,
@@ -709,6 +744,7 @@ class Broker(AsyncLifecycle):
         try:
             if info.inbox:
                 assert self.inbox is not None  # checked at registration
+                assert message is not None  # _decode builds it for inbox subscribers
                 ran = await self.inbox.process(message, info.group, lambda: self._call_handler(info, args))
                 if not ran:
                     self.stats.duplicates_skipped += 1
@@ -728,20 +764,17 @@ class Broker(AsyncLifecycle):
                 permit.record(None)
             self.stats.failed += 1
             await self._dead_letter(info, delivery, exc, exc.code)
-            return
+            return None
         except Exception as exc:  # noqa: BLE001 - the handler's failure is data: retry or dead-letter it
             if permit is not None:
                 permit.record(exc)
             await self._failed(info, delivery, exc)
-            return
+            return None
         finally:
             reset_context(token)
         if permit is not None:
             permit.record(None)
-        await delivery.ack()
-        self.stats.handled += 1
-        if not duplicate:
-            self._observe(info, "handled", time.perf_counter() - began)
+        return -1.0 if duplicate else time.perf_counter() - began
 
     async def _release(self, delivery: Delivery, info: SubscriberInfo | None = None) -> None:
         await delivery.release()
@@ -768,15 +801,30 @@ class _Runner:
         self.lanes: list[asyncio.Queue[Delivery | None]] = []
         self.lane_tasks: list[asyncio.Task[None]] = []
         self.fetch_task: asyncio.Task[None] | None = None
+        # Deliveries fetched and not yet settled (queued, in a handler, or waiting for their ack).
         self.outstanding = 0
+        # How many may be outstanding: ``prefetch``, or with a default prefetch what the handler's
+        # pace allows (see Broker.add_subscriber). The fetch loop waits until no more than half of it
+        # is outstanding, then fills up: fewer, larger fetches than topping up one at a time.
+        self.floor = min(info.prefetch, 2 * info.concurrency)
+        self.limit = info.prefetch if info.fixed_prefetch else self.floor
+        self.refill_at = self.limit // 2
+        self.pace = -1.0  # moving average of the handler's run time in seconds (-1: none yet)
         self.space = asyncio.Event()
         self.round_robin = itertools.cycle(range(info.concurrency))
+        # With Subscription.batch_acks, handled deliveries waiting for their ack: the lanes go on
+        # with the next messages while one acker task acks what has gathered in one
+        # Subscription.ack_many call, then what gathered meanwhile. At most ``prefetch`` (each is
+        # outstanding); the acker is awaited before the subscription closes.
+        self.to_ack: list[tuple[Delivery, float]] = []
+        self.acker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         info = self.info
-        self.subscription = await self.broker.transport.subscribe(
-            info.topic, info.group, prefetch=info.prefetch
-        )
+        # What a transport holds on its own (RabbitMQ's QoS window, which the broker fills whatever
+        # the handler's pace) stays at the floor unless a prefetch was given; more is only fetched.
+        window = info.prefetch if info.fixed_prefetch else self.floor
+        self.subscription = await self.broker.transport.subscribe(info.topic, info.group, prefetch=window)
         self.lanes = [asyncio.Queue() for _ in range(info.concurrency)]
         self.lane_tasks = [
             asyncio.create_task(self._lane(queue), name=f"mainspring-sub-{info.topic}-{info.group}-{i}")
@@ -811,11 +859,15 @@ class _Runner:
         while True:
             if info.breaker is not None and not await self._wait_for_breaker(info.breaker):
                 continue
-            free = info.prefetch - self.outstanding
-            if free <= 0:
+            if not info.fixed_prefetch and self.pace >= 0:
+                ahead = info.concurrency * _AHEAD_SECONDS / max(self.pace, 1e-6)
+                self.limit = max(self.floor, min(info.prefetch, int(ahead)))
+                self.refill_at = self.limit // 2
+            if self.outstanding > self.refill_at:
                 self.space.clear()
                 await self.space.wait()
                 continue
+            free = self.limit - self.outstanding
             if info.breaker is not None and info.breaker.state is CircuitState.HALF_OPEN:
                 free = 1
             try:
@@ -837,26 +889,79 @@ class _Runner:
                 self.outstanding += 1
                 self.lanes[self._lane_of(delivery)].put_nowait(delivery)
 
+    def _settled(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding <= self.refill_at:
+            self.space.set()
+
+    def _settle_failed(self, delivery: Delivery, exc: Exception) -> None:
+        # Settling failed (the broker went away after the handler ran): the transport will
+        # redeliver the message; the lane keeps going.
+        log.error(
+            "could not settle a message; it will be redelivered",
+            topic=self.info.topic,
+            group=self.info.group,
+            message_id=delivery.record.headers.get(CE_ID),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    async def _ack_loop(self) -> None:
+        assert self.subscription is not None
+        try:
+            while self.to_ack:
+                batch, self.to_ack = self.to_ack, []
+                outcomes: list[Exception | None]
+                try:
+                    outcomes = await self.subscription.ack_many([delivery for delivery, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - logged per message below; they are redelivered
+                    outcomes = [exc] * len(batch)
+                for (delivery, seconds), outcome in zip(batch, outcomes, strict=True):
+                    if outcome is None:
+                        self.broker._acked(self.info, seconds)
+                    else:
+                        self._settle_failed(delivery, outcome)
+                    self._settled()
+        finally:
+            self.acker = None
+
     async def _lane(self, queue: asyncio.Queue[Delivery | None]) -> None:
+        run, info = self.broker._run, self.info
+        assert self.subscription is not None
+        in_background = self.subscription.batch_acks
         while True:
             delivery = await queue.get()
             if delivery is None:
                 return
             try:
-                await self.broker._handle(self.info, delivery)
+                handled = await run(info, delivery)
             except Exception as exc:  # noqa: BLE001 - a lane must outlive any one message
-                # Settling failed (the broker went away after the handler ran): the transport will
-                # redeliver the message; the lane keeps going.
-                log.error(
-                    "could not settle a message; it will be redelivered",
-                    topic=self.info.topic,
-                    group=self.info.group,
-                    message_id=delivery.record.headers.get(CE_ID),
-                    error=f"{type(exc).__name__}: {exc}",
+                self._settle_failed(delivery, exc)
+                self._settled()
+                continue
+            except BaseException:
+                self._settled()
+                raise
+            if handled is None:
+                self._settled()
+                continue
+            if handled >= 0:
+                pace = self.pace
+                self.pace = handled if pace < 0 else pace + (handled - pace) * _PACE_WEIGHT
+            if not in_background:
+                try:
+                    await delivery.ack()
+                except Exception as exc:  # noqa: BLE001 - logged; the transport redelivers the message
+                    self._settle_failed(delivery, exc)
+                else:
+                    self.broker._acked(info, handled)
+                finally:
+                    self._settled()
+                continue
+            self.to_ack.append((delivery, handled))
+            if self.acker is None:
+                self.acker = asyncio.create_task(
+                    self._ack_loop(), name=f"mainspring-ack-{info.topic}-{info.group}"
                 )
-            finally:
-                self.outstanding -= 1
-                self.space.set()
 
     async def stop(self, drain_timeout: float) -> None:
         if self.fetch_task is not None:
@@ -886,6 +991,8 @@ class _Runner:
                     waited=round(time.monotonic() - started, 3),
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
+        while (acker := self.acker) is not None:  # what was handled is acked before closing
+            await asyncio.wait([acker])
         if self.subscription is not None:
             await self.subscription.close()
 

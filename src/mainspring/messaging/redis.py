@@ -3,15 +3,16 @@
 One stream per topic, one consumer group per broker group (created at id ``0``, so a new group reads
 everything the stream still holds). Key layout and scripts: :mod:`mainspring.messaging._redis_streams`.
 
-* publish: pipelined ``XADD`` (in order, each reply awaited); ``maxlen`` trims topic streams
-  approximately (``MAXLEN ~``; off by default; never applied to ``.dlq`` topics). With a delay the
-  records wait in the topic's ``:delayed`` sorted set.
+* publish: ``XADD`` (a batch pipelined, in order, each reply awaited); ``maxlen`` trims topic
+  streams approximately (``MAXLEN ~``; off by default; never applied to ``.dlq`` topics). With a
+  delay the records wait in the topic's ``:delayed`` sorted set.
 * fetch: ``XREADGROUP ... BLOCK`` on the topic stream and the group's retry stream. Before blocking, a
   fetch moves due delayed records (Lua: ``XADD`` + ``ZREM`` atomically; at least every ``block``
   seconds, sooner when it knows the next due time), takes over entries another consumer left idle for
   ``claim_idle`` seconds (``XAUTOCLAIM``, every ``claim_idle / 2``), and after a reconnect re-reads its
   own pending entries (``XREADGROUP`` id ``0``) that it never handed out.
-* ack: ``XACK`` (plus ``XDEL`` for retry-stream entries). retry: in one ``MULTI``, schedule the record
+* ack: ``XACK`` (plus ``XDEL`` for retry-stream entries); acks asked for while an ``XACK`` is on its
+  way are sent together in the next one. retry: in one ``MULTI``, schedule the record
   with its new headers in the group's retry set and ``XACK`` the original. release: in one ``MULTI``,
   ``XADD`` the record unchanged to the group's retry stream and ``XACK`` the original -- Redis cannot
   hand a pending entry back to "nobody", and leaving it pending would keep it from the other consumers
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from mainspring._compat import require
-from mainspring.cache._redis_client import ClientOptions, RedisTarget, async_client, parse_target
+from mainspring.cache._redis_client import ClientOptions, Deadlines, RedisTarget, async_client, parse_target
 from mainspring.config._safety import mask_url_password
 from mainspring.errors import (
     BadRequestError,
@@ -64,6 +65,7 @@ log = get_logger("mainspring.messaging")
 T = TypeVar("T")
 _FEATURE = "the Redis message transport"
 _MOVE_LIMIT = 100  # delayed records moved per set and script run (bounds the script's run time)
+_KEY_CACHE = 1024  # topics whose stream key publish remembers
 
 
 def _seconds(value: object) -> bool:
@@ -168,6 +170,8 @@ class RedisTransport(Transport):
         self._move: Any = None
         self._subscriptions: list[RedisSubscription] = []
         self._names: dict[tuple[str, str], int] = {}
+        self._stream_keys: dict[str, str] = {}
+        self._deadlines = Deadlines(self.timeout)
 
     @staticmethod
     def _parse(url: object, problems: list[ConfigProblem]) -> RedisTarget | None:
@@ -201,6 +205,14 @@ class RedisTransport(Transport):
     def keys(self, topic: str) -> TopicKeys:
         """Return the Redis keys of ``topic``."""
         return TopicKeys.of(self.prefix, topic)
+
+    def _stream_key(self, topic: str) -> str:
+        key = self._stream_keys.get(topic)
+        if key is None:
+            if len(self._stream_keys) >= _KEY_CACHE:  # many one-off topics: start over, stay bounded
+                self._stream_keys.clear()
+            key = self._stream_keys[topic] = TopicKeys.of(self.prefix, topic).stream
+        return key
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -249,9 +261,23 @@ class RedisTransport(Transport):
         attempt = 0
         while True:
             client = self.client_for(what)
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("a Redis transport call must run in an asyncio task")
+            # One shared timer per slice of time instead of an asyncio.timeout per call (see Deadlines).
+            cancelling = task.cancelling()
+            slot = self._deadlines.join(task)
             try:
-                async with asyncio.timeout(self.timeout):
+                try:
                     result = await command(client)
+                except asyncio.CancelledError:
+                    if slot.leave(task, cancelling):
+                        raise TimeoutError(f"no reply within {self.timeout:g} s") from None
+                    raise
+                except BaseException:
+                    slot.leave(task, cancelling)
+                    raise
+                slot.leave(task, cancelling)
             except self.transient as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -314,8 +340,18 @@ class RedisTransport(Transport):
 
             await self.call("publish", add)
             return
+        maxlen = self.maxlen
+        if len(records) == 1:  # one command without a pipeline: a round trip and less packing
+            record = records[0]
+            key, fields = self._stream_key(record.topic), entry_fields(record)
+            trim = None if record.topic.endswith(DLQ_SUFFIX) else maxlen
+            await self.call(
+                "publish",
+                lambda client: client.xadd(key, fields, maxlen=trim, approximate=trim is not None),
+            )
+            return
         entries = [
-            (self.keys(r.topic).stream, entry_fields(r), r.topic.endswith(DLQ_SUFFIX)) for r in records
+            (self._stream_key(r.topic), entry_fields(r), r.topic.endswith(DLQ_SUFFIX)) for r in records
         ]
 
         async def xadd(client: Any) -> Any:

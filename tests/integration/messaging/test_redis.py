@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from mainspring.errors import BadRequestError, ConfigError, ServiceUnavailableError
+from mainspring.messaging import Broker
 from mainspring.messaging._factory import create_transport
 from mainspring.messaging._transport import ATTEMPT, Delivery, Record
 from mainspring.messaging.redis import RedisSubscription, RedisTransport
@@ -154,6 +155,25 @@ async def test_a_subscription_survives_its_stream_being_deleted(
 
 
 # --- delays, retries, release ---------------------------------------------------------------------
+
+
+async def test_entries_with_one_field_per_header_from_earlier_versions_are_still_read(
+    make_transport: MakeTransport, admin: Any
+) -> None:
+    transport = await make_transport()
+    subscription = await transport.subscribe("orders", "g", prefetch=10)
+    await admin.xadd("ms:{orders}", {"body": b"7", "key": "k", "h:ce_id": "old-1", "h:n": "7"})
+    expected = Record("orders", b"7", {"ce_id": "old-1", "n": "7"}, key="k")
+    assert (await transport.browse("orders", limit=10))[0] == expected
+    (got,) = await fetch_until(subscription, 1)
+    assert got.record == expected
+
+
+async def test_headers_travel_in_one_field(make_transport: MakeTransport, admin: Any) -> None:
+    transport = await make_transport()
+    await transport.publish([Record("orders", b"1", {"ce_id": "a", "x-tenant": "acme"}, key="k")])
+    ((_, fields),) = await admin.xrange("ms:{orders}")
+    assert sorted(fields) == [b"body", b"headers", b"key"]
 
 
 async def test_delayed_publish_waits_in_a_sorted_set_and_keeps_the_batch_order(
@@ -406,6 +426,29 @@ async def test_consumer_keeps_consuming_across_an_outage(
     assert numbers(await fetch_until(subscription, 2)) == [0, 1]
 
 
+async def test_acks_sent_together_fail_together_in_an_outage_and_the_entries_come_back(
+    proxy: tuple[CuttableProxy, str], make_transport: MakeTransport, admin: Any
+) -> None:
+    cuttable, url = proxy
+    # claim_idle is long: the entries must come back through the consumer's own re-read.
+    consumer = await make_transport(url, claim_idle=60, publish_timeout=0.3)
+    subscription = await consumer.subscribe("orders", "g", prefetch=50)
+    publisher = await make_transport()
+    await publisher.publish(records("orders", 30))
+    got = await fetch_until(subscription, 30, ack=False)
+    await asyncio.gather(*(delivery.ack() for delivery in got[:20]))
+    assert await pending(admin, "ms:{orders}", "g") == 10
+    cuttable.cut()
+    failures: list[BaseException | None] = [*await subscription.ack_many(got[20:25])]  # the broker's call
+    failures += await asyncio.gather(*(delivery.ack() for delivery in got[25:]), return_exceptions=True)
+    assert len(failures) == 10
+    assert all(isinstance(failure, ServiceUnavailableError) for failure in failures), failures
+    cuttable.restore()
+    again = await fetch_until(subscription, 10)
+    assert numbers(again) == list(range(20, 30))
+    assert await pending(admin, "ms:{orders}", "g") == 0
+
+
 async def wait_for(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = time.monotonic() + 10
     while not await predicate():
@@ -456,6 +499,37 @@ async def test_calls_before_start_raise_service_unavailable(redis_url: ServiceUR
     transport = RedisTransport(str(redis_url))
     with pytest.raises(ServiceUnavailableError, match="start"):
         await transport.publish(records("orders", 1))
+
+
+# --- the broker on Redis ---------------------------------------------------------------------------
+
+
+async def test_a_broker_stopped_while_acks_wait_through_an_outage_still_acks_everything_handled(
+    proxy: tuple[CuttableProxy, str], admin: Any
+) -> None:
+    cuttable, url = proxy
+    broker = Broker(create_transport(url), fetch_timeout=0.2)
+    handled: list[int] = []
+    done = asyncio.Event()
+    total = 200
+
+    @broker.subscriber("orders", group="g", concurrency=4)
+    async def handle(data: dict[str, int]) -> None:
+        handled.append(data["n"])
+        if len(handled) == total:
+            cuttable.cut()  # the acks of the last messages meet an outage
+            done.set()
+
+    await broker.start()
+    try:
+        await broker.publish_batch("orders", [{"n": n} for n in range(total)])
+        await asyncio.wait_for(done.wait(), 10)
+        asyncio.get_running_loop().call_later(0.3, cuttable.restore)
+    finally:
+        await broker.stop()  # waits for those acks before the transport closes
+    assert sorted(handled) == list(range(total))
+    assert broker.stats.handled == total
+    assert await pending(admin, "ms:{orders}", "g") == 0
 
 
 # --- dead letters -----------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from mainspring.errors import BadRequestError, ConfigError
@@ -22,7 +24,8 @@ from mainspring.messaging import (
     create_broker,
     uuid7,
 )
-from mainspring.messaging._transport import DLQ_REASON, SCHEMA_FINGERPRINT
+from mainspring.messaging._redis_streams import entry_fields, entry_record
+from mainspring.messaging._transport import DLQ_REASON, SCHEMA_FINGERPRINT, Record
 from mainspring.messaging.memory import MemoryTransport
 from mainspring.resilience import CircuitBreaker, CircuitState
 
@@ -316,3 +319,50 @@ async def test_the_observer_hears_each_delivery_outcome() -> None:
         ("t", "g", "handled", True),
         ("t", "g", "retried", False),
     ]
+
+
+async def test_a_default_prefetch_follows_the_handlers_pace_and_a_given_one_is_kept() -> None:
+    broker = _broker()
+
+    @broker.subscriber("fast", group="g")
+    async def fast(message: Message) -> None:
+        return None
+
+    @broker.subscriber("slow", group="g")
+    async def slow(message: Message) -> None:
+        await asyncio.sleep(0.1)
+
+    @broker.subscriber("given", group="g", prefetch=7)
+    async def given(message: Message) -> None:
+        await asyncio.sleep(0.1)
+
+    async with broker:
+        runners = {runner.info.topic: runner for runner in broker._runners}
+        assert runners["fast"].limit == runners["slow"].limit == 2  # 2 per lane until it knows better
+        assert runners["given"].limit == 7
+        await broker.publish_batch("fast", [{"n": n} for n in range(300)])
+        await broker.publish_batch("slow", [{"n": n} for n in range(4)])
+        await broker.publish_batch("given", [{"n": n} for n in range(4)])
+        await _until(lambda: broker.stats.handled >= 300 + 3 + 3)
+        # A fast handler may have (about) the whole default ceiling of 100; a 0.1 s one about a
+        # second of work. (Not exactly 100: a stall of the test machine counts as handler time.)
+        assert runners["fast"].limit >= 50
+        assert 2 <= runners["slow"].limit <= 10
+        assert runners["given"].limit == 7
+
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+
+
+@given(
+    body=st.binary(max_size=50),
+    headers=st.dictionaries(_TEXT, _TEXT, max_size=8),
+    key=st.none() | _TEXT,
+)
+def test_redis_stream_entries_round_trip_records(
+    body: bytes, headers: dict[str, str], key: str | None
+) -> None:
+    record = Record("orders", body, headers, key=key)
+    fields = entry_fields(record)
+    assert len(fields) <= 3  # the headers travel in one field, however many there are
+    assert entry_record("orders", fields) == record
