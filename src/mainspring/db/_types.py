@@ -9,9 +9,6 @@ included, and refuses naive datetimes instead of guessing their zone.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import threading
-import time
 import uuid
 from typing import Any
 
@@ -20,70 +17,12 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, Engine, ExceptionContext
 from sqlalchemy.types import TypeDecorator
 
+from mainspring._ids import uuid7_int
 from mainspring.errors import MainspringError, ValidationError
 
 __all__ = ["UTCDateTime", "require_aware", "utcnow", "uuid7", "uuid7_time"]
 
 _UTC = dt.UTC
-
-# Layout (RFC 9562, section 5.7): unix_ts_ms (48) | ver (4) = 0b0111 | rand_a (12) | var (2) = 0b10 |
-# rand_b (62). The 12 bits of rand_a and the top 30 bits of rand_b form a 42-bit counter ("method 1",
-# section 6.2): seeded at random each new millisecond with its top bit clear, so at least 2**41
-# increments fit before it overflows, and incremented by one for each further id in the same
-# millisecond. The low 32 bits of rand_b stay random for every id, so guessing a neighbour's id
-# still needs 32 bits of luck.
-_COUNTER_BITS = 42
-_COUNTER_MAX = (1 << _COUNTER_BITS) - 1
-_SEED_MASK = (1 << (_COUNTER_BITS - 1)) - 1
-_RANDOM_BITS = 32
-_VERSION_7 = 0x7 << 76
-_VARIANT_RFC = 0b10 << 62
-
-
-class _UUID7State:
-    """The last timestamp and counter handed out; guarded by a lock, reseeded in a forked child."""
-
-    __slots__ = ("counter", "last_ms", "lock")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.last_ms = -1
-        self.counter = 0
-
-
-_state = _UUID7State()
-
-
-def _reset_after_fork() -> None:
-    # A forked child must not continue the parent's counter: both would hand out the same sequence.
-    global _state
-    _state = _UUID7State()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _uuid7_int() -> int:
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits: 41 seed + 32 tail (+7 spare)
-    tail = rand & ((1 << _RANDOM_BITS) - 1)
-    state = _state
-    with state.lock:
-        now_ms = time.time_ns() // 1_000_000
-        if now_ms > state.last_ms:
-            state.last_ms = now_ms
-            state.counter = (rand >> _RANDOM_BITS) & _SEED_MASK
-        else:
-            # Same millisecond, or the wall clock stepped back: keep the last timestamp and count on,
-            # so ids stay strictly increasing. On counter overflow borrow the next millisecond (6.2).
-            state.counter += 1
-            if state.counter > _COUNTER_MAX:
-                state.last_ms += 1
-                state.counter = (rand >> _RANDOM_BITS) & _SEED_MASK
-        ts_ms = state.last_ms
-        counter = state.counter
-    rand_a = counter >> 30
-    rand_b = ((counter & ((1 << 30) - 1)) << _RANDOM_BITS) | tail
-    return ((ts_ms & 0xFFFF_FFFF_FFFF) << 80) | _VERSION_7 | (rand_a << 64) | _VARIANT_RFC | rand_b
 
 
 def uuid7() -> uuid.UUID:
@@ -92,7 +31,7 @@ def uuid7() -> uuid.UUID:
     Ids from one process are strictly increasing, also within one millisecond and when the wall clock
     steps back; ids from different processes are ordered by their millisecond. Thread-safe.
     """
-    return uuid.UUID(int=_uuid7_int())
+    return uuid.UUID(int=uuid7_int())
 
 
 def uuid7_time(value: uuid.UUID) -> dt.datetime:

@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import random
-import threading
-import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mainspring._ids import uuid7, uuid7_str
 from mainspring.errors import BadRequestError
 
 __all__ = ["Message", "event_type_of", "uuid7"]
-
-_uuid7_lock = threading.Lock()
-_uuid7_last = [0, 0]  # last millisecond, last 12-bit sequence
-
-
-def uuid7() -> uuid.UUID:
-    """Return a new UUID version 7 (RFC 9562): a millisecond timestamp, then random bits.
-
-    Ids made in one process are strictly increasing: within one millisecond a 12-bit counter (seeded
-    randomly) follows the timestamp, so sorting ids sorts messages by creation.
-    """
-    with _uuid7_lock:
-        ms = time.time_ns() // 1_000_000
-        last_ms, seq = _uuid7_last
-        if ms <= last_ms:
-            ms = last_ms
-            seq += 1
-            if seq > 0xFFF:  # counter exhausted: borrow the next millisecond
-                ms += 1
-                seq = int.from_bytes(os.urandom(2), "big") & 0x7FF
-        else:
-            seq = int.from_bytes(os.urandom(2), "big") & 0x7FF
-        _uuid7_last[0], _uuid7_last[1] = ms, seq
-    rand = random.getrandbits(62)  # unique, not secret; the random module reseeds after fork()
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
-    return uuid.UUID(int=value)
 
 
 def event_type_of(model: type) -> str:
@@ -60,7 +30,7 @@ def _now() -> datetime:
 
 
 def _new_id() -> str:
-    return str(uuid7())
+    return uuid7_str()
 
 
 @dataclass(frozen=True, slots=True)

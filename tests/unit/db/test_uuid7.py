@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mainspring.db import _types, uuid7, uuid7_time
+from mainspring import _ids
+from mainspring.db import uuid7, uuid7_time
 
 
 def test_version_and_variant_bits_follow_rfc_9562() -> None:
@@ -51,12 +52,12 @@ def fake_clock() -> Iterator[list[int]]:
     clock = [time.time_ns()]
     real = time.time_ns
     time.time_ns = lambda: clock[0]
-    _types._reset_after_fork()
+    _ids._reset_after_fork()
     try:
         yield clock
     finally:
         time.time_ns = real
-        _types._reset_after_fork()
+        _ids._reset_after_fork()
 
 
 @settings(max_examples=200)
@@ -89,8 +90,8 @@ def test_the_timestamp_round_trips(ms: int) -> None:
 
 def test_counter_overflow_borrows_the_next_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
     # Shrink the counter so that overflow is reachable; the rule under test stays the same.
-    monkeypatch.setattr(_types, "_COUNTER_MAX", 3)
-    monkeypatch.setattr(_types, "_SEED_MASK", 0)
+    monkeypatch.setattr(_ids, "_COUNTER_MAX", 3)
+    monkeypatch.setattr(_ids, "_SEED_MASK", 0)
     with fake_clock() as clock:
         clock[0] = 5_000 * 1_000_000
         ids = [uuid7() for _ in range(6)]
@@ -113,3 +114,16 @@ def test_ids_from_many_threads_are_unique_and_increasing_per_thread() -> None:
     everything = [i for out in results for i in out]
     assert len(set(everything)) == len(everything)
     assert all(out == sorted(out) for out in results)
+
+
+def test_the_text_form_is_the_canonical_one_and_message_ids_use_it() -> None:
+    from mainspring.messaging import Message
+
+    text = _ids.uuid7_str()
+    parsed = uuid.UUID(text)
+    assert str(parsed) == text
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+    ids = [Message({"n": i}).id for i in range(200)]
+    assert ids == sorted(ids)
+    assert all(uuid.UUID(i).version == 7 for i in ids)
