@@ -1,4 +1,4 @@
-"""The ``outbox`` and ``inbox`` tables (created by the library migration ``ms_0003``)."""
+"""The ``outbox`` and ``inbox`` tables (library migration ``ms_0003``; ``ms_0004`` dropped an index)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ class OutboxEntry(Base):
     """A message waiting in the outbox (or published and kept for the relay's ``retention``)."""
 
     __tablename__ = "outbox"
-    __table_args__ = (
-        Index("ix_outbox_pending", "published_at", "seq"),
-        Index("ix_outbox_key", "key", "published_at", "seq"),
-    )
+    # No per-key index (ms_0004 dropped one): the relay finds each key's oldest pending row in the
+    # window of pending rows it reads in ``seq`` order and settles by primary key; no query looks
+    # rows up by key, and the index slowed every insert and settling.
+    __table_args__ = (Index("ix_outbox_pending", "published_at", "seq"),)
 
     #: Insertion order; the relay publishes in this order (and per key strictly in it).
     seq: Mapped[int] = mapped_column(

@@ -3,8 +3,9 @@
 A message added to the outbox is a row written in the same transaction as the business data, so
 either both commit or neither does. :class:`OutboxRelay` claims pending rows in batches, settles
 them (deletes them, or marks them published when ``retention`` keeps them) and publishes them
-through a :class:`~mainspring.messaging.Broker`'s transport, all in the database transaction that
-holds the claim, so a failed publish leaves the rows pending:
+through a :class:`~mainspring.messaging.Broker`'s transport (counted in the broker's
+``stats.published`` like :meth:`~mainspring.messaging.Broker.publish_batch`), all in the database
+transaction that holds the claim, so a failed publish leaves the rows pending:
 
 * PostgreSQL and MariaDB claim with ``FOR UPDATE SKIP LOCKED``, so several relays share the work and
   no claimed row is published by two relays. A relay that dies mid-batch loses its locks with its
@@ -256,10 +257,14 @@ class OutboxRelay(AsyncLifecycle):
             Record(topic=topic, body=bytes(body), headers=loads(headers), key=key)
             for topic, key, headers, body in rows
         ]
+        # Each run published counts in ``broker.stats.published`` as ``Broker.publish_batch`` counts it
+        # (the Prometheus collector's ``messaging_broker_published`` reads it), one addition per run.
+        stats = self.broker.stats
         start = 0
         for index in range(1, len(records) + 1):
             if index == len(records) or records[index].topic != records[start].topic:
                 await self.broker.transport.publish(records[start:index])
+                stats.published += index - start
                 start = index
 
     def _count(self, published: int) -> None:

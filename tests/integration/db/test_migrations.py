@@ -140,7 +140,7 @@ def _library_diff(connection: Connection) -> list[object]:
     ChangeLog.__table__.to_metadata(metadata)
     for table in SqlApiKeyStore.metadata.sorted_tables:  # the security stores' tables (ms_0002)
         table.to_metadata(metadata)
-    for model in (OutboxEntry, InboxEntry):  # the outbox and the inbox (ms_0003)
+    for model in (OutboxEntry, InboxEntry):  # the outbox and the inbox (ms_0003, ms_0004)
         model.__table__.to_metadata(metadata)
     context = MigrationContext.configure(connection, opts={"compare_type": True})
     # Library tables whose models are not listed above are compared by their own subsystem's tests.

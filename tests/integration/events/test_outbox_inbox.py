@@ -146,6 +146,23 @@ async def test_relay_publishes_in_order_per_key_and_deletes_or_marks_rows(
     assert (backlog.pending, backlog.oldest_age) == (0, 0.0)
 
 
+async def test_relayed_messages_count_in_the_broker_stats_like_published_ones(
+    db: Database, broker: Broker
+) -> None:
+    await broker.publish("orders", {"n": -1})
+    outbox = Outbox(db)
+    async with db.transaction():
+        await outbox.add_many("orders", [{"n": n} for n in range(3)])
+        await outbox.add_many("invoices", [{"n": n} for n in range(2)])
+        await outbox.add("orders", {"n": 3})
+    relay = OutboxRelay(db, broker)
+
+    assert await relay.run_once() == 6
+
+    assert broker.stats.published == 7, "one published directly, six relayed in three runs of topics"
+    assert relay.stats.published == 6
+
+
 async def test_relay_wakes_on_commit_and_reports_its_backlog(db: Database) -> None:
     outbox = Outbox(db)
     broker = Broker(MemoryTransport(f"memory://{uuid.uuid4().hex}"), fetch_timeout=0.2)
@@ -251,8 +268,9 @@ async def test_failed_publish_leaves_the_claimed_rows_pending(db: Database) -> N
         with pytest.raises(ServiceUnavailableError, match="broker down"):
             await relay.run_once()
         assert await _count(db, OutboxEntry, OutboxEntry.published_at.is_(None)) == 5
-        assert relay.stats.published == 0
+        assert relay.stats.published == broker.stats.published == 0
         assert await relay.run_once() == 5
+        assert broker.stats.published == 5
         records = await transport.browse("orders", limit=10)
     assert [r.headers["ce_id"] for r in records] == [m.id for m in sent]
     assert await _count(db, OutboxEntry) == 0

@@ -83,16 +83,16 @@ def test_init_upgrade_autogenerate_current_history_downgrade(
     code, out, _ = run(capsys, "db", "history")
     assert code == 0
     assert "<base> -> ms_0001 (mainspring)" in out
-    assert "ms_0002 -> ms_0003 (mainspring, head)" in out
+    assert "ms_0003 -> ms_0004 (mainspring, head)" in out
     assert "(app, head)  create widgets" in out
 
     code, out, _ = run(capsys, "db", "downgrade", "base")
     assert code == 0
-    assert out.count("reverted") == 4  # the app's revision and the library's three
+    assert out.count("reverted") == 5  # the app's revision and the library's four
     assert "at: base" in out
 
     code, out, _ = run(capsys, "db", "current")
-    assert "pending: 4 revision(s)" in out
+    assert "pending: 5 revision(s)" in out
 
 
 def test_revision_without_autogenerate_needs_no_database_and_follows_the_last_one(
@@ -116,7 +116,8 @@ def test_revision_without_autogenerate_needs_no_database_and_follows_the_last_on
         "<base> -> aaa1 (app)  one",
         "<base> -> ms_0001 (mainspring)  Create the change_log table.",
         "ms_0001 -> ms_0002 (mainspring)  Create the tables of the SQL security stores.",
-        "ms_0002 -> ms_0003 (mainspring, head)  Create the transactional outbox and the idempotent inbox.",
+        "ms_0002 -> ms_0003 (mainspring)  Create the transactional outbox and the idempotent inbox.",
+        "ms_0003 -> ms_0004 (mainspring, head)  Drop the outbox's unused per-key index.",
     }
     assert lines.index("aaa1 -> bbb2 (app, head)  two") < lines.index("<base> -> aaa1 (app)  one")
 
