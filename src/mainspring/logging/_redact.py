@@ -26,6 +26,8 @@ TOO_DEEP = "[too deep to redact]"
 _KEY_CACHE_LIMIT = 4096
 # Shortest text worth a pattern search: "Bearer x" is 8 characters, a card number 13.
 _MIN_PATTERN_LEN = 8
+# Field values up to this length keep their scrubbed form in a cache (scrubbing is a pure function).
+_CACHED_VALUE_LEN = 128
 _MIN_CARD_DIGITS = 13
 
 _WORD_SPLIT_RE = re.compile(r"[^0-9A-Za-z]+|(?<=[a-z0-9])(?=[A-Z])")
@@ -127,6 +129,8 @@ class Redactor:
         self.patterns = patterns
         self._text: Callable[[str], str] = scrub_text if patterns else _same
         self._event_cache: dict[str, str] = {}
+        # Scrubbed short field values: routes, methods, client addresses and the like repeat.
+        self._value_cache: dict[str, str] = {}
 
     def text(self, value: str) -> str:
         """Scrub free text (messages, exception messages) with the patterns, if they are on."""
@@ -151,6 +155,7 @@ class Redactor:
         text = self._text
         scalars = _SCALARS
         min_len = _MIN_PATTERN_LEN
+        cache = self._value_cache
         changes: list[tuple[str, Any]] | None = None
         for key, value in islice(record.items(), skip, None):
             secret = verdicts.get(key)
@@ -163,9 +168,18 @@ class Redactor:
                 if kind in scalars:
                     continue
                 if kind is str:
-                    if len(value) < min_len:
+                    size = len(value)
+                    if size < min_len:
                         continue
-                    new = text(value)
+                    new = cache.get(value)
+                    if new is None:
+                        new = text(value)
+                        if size <= _CACHED_VALUE_LEN:
+                            if len(cache) >= _KEY_CACHE_LIMIT:
+                                cache.clear()
+                            cache[value] = new
+                    if new == value:  # clean (the cached string may be an equal, other object)
+                        continue
                 elif kind is dict:
                     new = self._mapping(value, 1)
                 else:

@@ -1,9 +1,10 @@
 """The non-blocking writer: callers hand over rendered lines, one thread writes them in batches.
 
 The caller's cost is a ``deque.append`` (atomic under the GIL, no lock) and, only when the writer
-thread is asleep, an ``Event.set``. Woken, the writer lingers for :data:`LINGER` seconds (cut short by
-``flush``, ``stop`` or a queue filling up) so that lines arriving close together go out as one batch:
-waking a thread per line would cost the caller's thread a GIL hand-off each time. It then drains
+thread is asleep, an ``Event.set``. Before each write the writer lingers for :data:`LINGER` seconds (cut
+short by ``flush``, ``stop`` or a queue filling up) so that lines arriving close together go out as one
+batch, at most one write per ``LINGER`` under steady load: a writer cycling through small batches would
+take the GIL from the caller's thread each time. It then drains
 whatever has piled up and writes it with one ``write`` and one ``flush``, so a slow disk slows the
 writer, never the caller.
 
@@ -160,12 +161,14 @@ class BackgroundWriter:
                     self._wake.wait(_IDLE_WAIT)
                 self._wake.clear()
                 self._idle = False
-                if queue and not self._stopping and not self._markers_pending:
-                    # Let the lines arriving right after this one join its batch; flush, stop and
-                    # a filling queue set the event again and end the wait early.
-                    self._wake.wait(LINGER)
-                    self._wake.clear()
                 continue
+            if pending < self._soon and not self._stopping and not self._markers_pending:
+                # Let the lines arriving in the next moments join this batch, also between batches
+                # under steady load (one write per LINGER, not one per few lines); flush, stop and a
+                # filling queue set the event and end the wait early.
+                self._wake.wait(LINGER)
+                self._wake.clear()
+                pending = len(queue)
             batch = [popleft() for _ in range(min(pending, MAX_BATCH))]
             try:
                 self._write(batch)

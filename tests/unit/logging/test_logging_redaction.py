@@ -289,3 +289,16 @@ def test_no_secret_key_survives_at_any_depth(value: Any) -> None:
                 check(item)
 
     check(redacted)
+
+
+def test_a_repeated_field_value_is_scrubbed_every_time() -> None:
+    redactor = Redactor(["password"], patterns=True)
+    leaked = "retry with Bearer abcdefghijklmnopqrstuvwxyz0123"
+    clean = "/items/{item_id}"
+    for _ in range(3):
+        # Equal strings, new objects each time, as a real record would carry them.
+        record: dict[str, Any] = {"event": "x", "note": "".join(leaked), "route": "".join(clean)}
+        redactor.fields(record, 1)
+        assert "abcdefghijklmnopqrstuvwxyz0123" not in record["note"]
+        assert record["note"].endswith(MASK)
+        assert record["route"] == clean
