@@ -87,11 +87,18 @@ class RequestContext:
     log_fields: tuple[tuple[str, str], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Spelled out rather than a loop over getattr: a context is built once or twice per request.
         items: list[tuple[str, str]] = []
-        for name in ("correlation_id", "request_id", "causation_id", "trace_id", "span_id"):
-            value = getattr(self, name)
-            if value is not None:
-                items.append((name, value))
+        if self.correlation_id is not None:
+            items.append(("correlation_id", self.correlation_id))
+        if self.request_id is not None:
+            items.append(("request_id", self.request_id))
+        if self.causation_id is not None:
+            items.append(("causation_id", self.causation_id))
+        if self.trace_id is not None:
+            items.append(("trace_id", self.trace_id))
+        if self.span_id is not None:
+            items.append(("span_id", self.span_id))
         if self.principal is not None:
             items.append(("principal_id", self.principal.id))
             if self.principal.tenant is not None:
