@@ -2,9 +2,11 @@
 
 A :class:`KafkaSubscription` owns a ``confluent_kafka.Consumer`` and a one-thread executor; every
 blocking or callback-serving call on the consumer (``poll``, ``close``, the rebalance and commit
-callbacks, the synchronous commits) runs on that thread, never on the event loop. The thread files
-what it fetched itself, so a cancelled ``fetch`` loses nothing. Asynchronous commits are only queued
-by librdkafka, so they are made from the loop, at most once per ``commit_interval``.
+callbacks, the commits) runs on that thread, never on the event loop. The thread files what it
+fetched itself, so a cancelled ``fetch`` loses nothing. Asynchronous commits go there too, at most
+once per ``commit_interval`` (later while the thread waits in a poll): made from the loop, a commit
+blocks inside librdkafka while the thread is in a rebalance callback, and that callback needs the
+subscription's lock -- a deadlock that froze the event loop.
 
 Offsets. Deliveries may be settled out of order (the broker runs handler lanes concurrently), while
 Kafka keeps one committed offset per partition. Each assigned partition has a :class:`_Track` of the
@@ -31,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,11 @@ log = get_logger("mainspring.messaging")
 #: Seconds without a fetch after which the subscription polls (paused) by itself, so that rebalances
 #: are served while the broker does not fetch (all its handler lanes are busy).
 KEEPALIVE = 1.0
+
+#: One hop to the consumer thread files up to this many records (or what the caller asked for, if
+#: more): a hop costs more than the records it brings. The partitions are this member's anyway, and
+#: a revoke drops whatever of theirs is filed.
+POLL_BATCH = 200
 
 #: Produces one record to a physical topic and resolves once Kafka confirmed it.
 Produce = Callable[[str, Record], Awaitable[None]]
@@ -323,11 +330,11 @@ class KafkaSubscription(Subscription):
             # return records from both sides of a rebalance. Rebalance callbacks run inside poll()
             # before it returns, so each record is filed against the assignment it came from.
             message = consumer.poll(wait)
-            taken = 0
+            taken, limit = 0, max(max_messages, POLL_BATCH)
             while message is not None:
                 self._accept(message)
                 taken += 1
-                if taken >= max_messages:
+                if taken >= limit:
                     break
                 message = consumer.poll(0)
         except kafka.KafkaException as exc:
@@ -412,7 +419,7 @@ class KafkaSubscription(Subscription):
                 return
             self._flush_scheduled = True
         # The acks of one commit interval share one asynchronous commit.
-        self._loop.call_later(self._commit_interval, self._flush)
+        self._loop.call_later(self._commit_interval, self._submit_flush)
 
     def requeue(self, delivery: KafkaDelivery) -> None:
         """Put a released record back at the front of the ready queue (if its partition is still ours)."""
@@ -444,7 +451,27 @@ class KafkaSubscription(Subscription):
                 offsets.append(self._kafka.TopicPartition(key[0], key[1], track.point))
         return offsets
 
+    def _submit_flush(self) -> None:
+        if self._closed:
+            return  # close() commits every point itself
+        try:
+            self._executor.submit(self._flush).add_done_callback(self._flush_done)
+        except RuntimeError:
+            # The executor shut down meanwhile (close() ran): it committed every point.
+            return
+
+    def _flush_done(self, future: Future[None]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            # Unexpected (commit errors are handled in _flush); the next commit, or the synchronous
+            # ones on revoke and close, cover these offsets.
+            log.error(
+                "messaging.kafka.flush_failed", topic=self.topic, error=f"{type(error).__name__}: {error}"
+            )
+
     def _flush(self) -> None:
+        # On the consumer thread, like the rebalance callbacks: a commit queued here cannot follow
+        # the revocation of its partition (the callback drops the partition's track first).
         with self._lock:
             self._flush_scheduled = False
             consumer = self._consumer
@@ -452,14 +479,12 @@ class KafkaSubscription(Subscription):
                 return
             offsets = self._points(self._dirty)
             self._dirty.clear()
-            if not offsets:
-                return
-            kafka = self._kafka
-            # Queued under the lock, so no commit for a partition can follow its revocation.
-            try:
-                consumer.commit(offsets=offsets, asynchronous=True)
-            except kafka.KafkaException as exc:
-                log.warning("messaging.kafka.commit_failed", topic=self.topic, error=str(exc))
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        except self._kafka.KafkaException as exc:
+            log.warning("messaging.kafka.commit_failed", topic=self.topic, error=str(exc))
 
     def _commit_sync(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         if not offsets:

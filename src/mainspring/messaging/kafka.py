@@ -17,9 +17,10 @@ Mapping:
   different topics never rebalance each other.
 * publish: an idempotent producer with ``acks=all``; :meth:`KafkaTransport.publish` returns when
   every record's delivery report arrived, or raises ``ServiceUnavailableError`` after
-  ``publish_timeout`` (librdkafka reconnects and resends meanwhile). ``Record.key`` is the Kafka key,
-  so one key stays on one partition, in order. ``delay`` adds an ``ms_not_before`` header; consumers
-  hold such a record until due.
+  ``publish_timeout`` (librdkafka reconnects and resends meanwhile). The reports of one call are
+  counted in the poller thread, which wakes the event loop once: when the last one came or at the
+  first failure. ``Record.key`` is the Kafka key, so one key stays on one partition, in order.
+  ``delay`` adds an ``ms_not_before`` header; consumers hold such a record until due.
 * subscribe: one consumer per subscription (no auto commit; a new group starts at the earliest
   record) reading the topic and the group's retry topic ``<topic>.retry.<group>``. Offsets are
   committed per partition up to the first unsettled record only, asynchronously every
@@ -370,21 +371,26 @@ class KafkaTransport(Transport):
 
     async def _produce_all(self, items: Sequence[tuple[str, Record]]) -> None:
         producer = self._require_producer()
+        if not items:
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
-        futures: list[asyncio.Future[None]] = []
+        future: asyncio.Future[None] = loop.create_future()
+        # Abandoned when producing fails half-way; a report may still fail it later, unseen.
+        future.add_done_callback(_retrieve)
+        report = _Reports(self._kafka, loop, future, len(items)).report
+        produce = producer.produce
         for kafka_topic, record in items:
-            future: asyncio.Future[None] = loop.create_future()
-            # A failed sibling's exception must not go unretrieved when gather() stopped at the first.
-            future.add_done_callback(_retrieve)
+            headers = record.headers
             while True:
                 try:
-                    producer.produce(
+                    # confluent-kafka sends str header values as UTF-8 and takes a dict as is.
+                    produce(
                         kafka_topic,
                         value=record.body,
                         key=record.key.encode() if record.key is not None else None,
-                        headers=[(name, value.encode()) for name, value in record.headers.items()],
-                        on_delivery=self._reporter(loop, future),
+                        headers=headers if type(headers) is dict else dict(headers),
+                        on_delivery=report,
                     )
                     break
                 except BufferError:
@@ -394,10 +400,9 @@ class KafkaTransport(Transport):
                     await asyncio.sleep(0.01)
                 except self._kafka.KafkaException as exc:
                     raise BadRequestError(f"kafka refused a record for topic {kafka_topic!r}: {exc}") from exc
-            futures.append(future)
         try:
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                await asyncio.gather(*futures)
+                await future
         except TimeoutError:
             self._unavailable(f"no delivery report within {self._publish_timeout:g} s")
 
@@ -406,28 +411,6 @@ class KafkaTransport(Transport):
             f"kafka at {self._bootstrap}: publish failed ({why}); check that the cluster is reachable",
             details={"backend": "kafka"},
         )
-
-    def _reporter(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> Any:
-        kafka = self._kafka
-
-        def report(error: KafkaError | None, message: Message) -> None:
-            # Runs in the poller thread.
-            outcome: BaseException | None = None
-            if error is not None:
-                if error.code() == kafka.KafkaError.MSG_SIZE_TOO_LARGE:
-                    outcome = BadRequestError(f"kafka rejected a record as too large: {error}")
-                else:
-                    outcome = ServiceUnavailableError(
-                        f"kafka did not confirm a record for {message.topic()!r}: {error}",
-                        details={"backend": "kafka"},
-                    )
-            try:
-                loop.call_soon_threadsafe(_resolve, future, outcome)
-            except RuntimeError:
-                # The loop is closed: nobody waits for this report any more.
-                log.warning("messaging.kafka.report_after_loop_closed", error=str(error))
-
-        return report
 
     # --- topics ------------------------------------------------------------------------------------
 
@@ -501,6 +484,47 @@ class KafkaTransport(Transport):
         if not await asyncio.to_thread(self._topics.delete_records, admin, kafka_topic, ranges):
             await self.produce_to(kafka_topic + PURGED_SUFFIX, KafkaTopics.marks_record(topic, ranges))
         return count
+
+
+class _Reports:
+    """The delivery reports of one publish call: resolve its future once, after the last or a failure.
+
+    Reports arrive in the poller thread (and in the thread of ``flush()`` while the transport stops),
+    hence the lock.
+    """
+
+    __slots__ = ("_future", "_kafka", "_lock", "_loop", "_remaining")
+
+    def __init__(
+        self, kafka: Any, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], count: int
+    ) -> None:
+        self._kafka = kafka
+        self._loop = loop
+        self._future = future
+        self._remaining = count
+        self._lock = threading.Lock()
+
+    def report(self, error: KafkaError | None, message: Message) -> None:
+        outcome: BaseException | None = None
+        if error is not None:
+            if error.code() == self._kafka.KafkaError.MSG_SIZE_TOO_LARGE:
+                outcome = BadRequestError(f"kafka rejected a record as too large: {error}")
+            else:
+                outcome = ServiceUnavailableError(
+                    f"kafka did not confirm a record for {message.topic()!r}: {error}",
+                    details={"backend": "kafka"},
+                )
+        with self._lock:
+            if self._remaining <= 0:
+                return  # resolved already (by an earlier failure)
+            self._remaining = 0 if outcome is not None else self._remaining - 1
+            if self._remaining:
+                return
+        try:
+            self._loop.call_soon_threadsafe(_resolve, self._future, outcome)
+        except RuntimeError:
+            # The loop is closed: nobody waits for this report any more.
+            log.warning("messaging.kafka.report_after_loop_closed", error=str(error))
 
 
 def _close_client(producer: Producer) -> None:

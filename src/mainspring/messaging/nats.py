@@ -88,6 +88,9 @@ _MSG_ID = "Nats-Msg-Id"
 _STORAGES = ("file", "memory")
 # First wait for the acks of a publish before the unconfirmed records are sent again (doubles each time).
 _FIRST_ACK_WAIT = 1.0
+# Header names and topics already checked are remembered, up to this many (then checked each time).
+_MEMO_LIMIT = 1024
+_checked_header_names: set[str] = set()
 
 
 class NatsTransport(Transport):
@@ -205,6 +208,7 @@ class NatsTransport(Transport):
         self._replicas = replicas
         self._reconnect_wait = float(reconnect_wait)
         self._client_name = client_name
+        self._subjects: dict[str, str] = {}
         self._nc: Any = None
         self._js: Any = None
         self._jsm: Any = None
@@ -222,13 +226,19 @@ class NatsTransport(Transport):
 
     def subject(self, topic: str) -> str:
         """The NATS subject of ``topic``: ``<prefix>.<topic>``."""
+        subject = self._subjects.get(topic) if isinstance(topic, str) else None
+        if subject is not None:
+            return subject
         if not isinstance(topic, str) or not _NAME.match(topic):
             raise BadRequestError(
                 f"invalid topic name {topic!r} for NATS: use dot-separated tokens of letters, digits, "
                 "'_' and '-'",
                 code="invalid_topic",
             )
-        return f"{self._prefix}.{topic}" if self._prefix else topic
+        subject = f"{self._prefix}.{topic}" if self._prefix else topic
+        if len(self._subjects) < _MEMO_LIMIT:
+            self._subjects[topic] = subject
+        return subject
 
     def stream_name(self, topic: str) -> str:
         """The JetStream stream holding ``topic``: its subject with ``.`` replaced by ``_``."""
@@ -406,12 +416,16 @@ class NatsTransport(Transport):
 
     def _outgoing(self, record: Record, not_before: str | None) -> tuple[str, bytes, dict[str, str]]:
         headers: dict[str, str] = {}
+        checked = _checked_header_names
         for name, value in record.headers.items():
-            if not _HEADER_NAME.match(name) or name.lower().startswith(RESERVED_HEADER_PREFIX):
-                raise BadRequestError(
-                    f"header name {name!r} cannot travel on NATS: use letters, digits and '-_.' and do not "
-                    "start with 'Nats-'"
-                )
+            if name not in checked:
+                if not _HEADER_NAME.match(name) or name.lower().startswith(RESERVED_HEADER_PREFIX):
+                    raise BadRequestError(
+                        f"header name {name!r} cannot travel on NATS: use letters, digits and '-_.' and "
+                        "do not start with 'Nats-'"
+                    )
+                if len(checked) < _MEMO_LIMIT:
+                    checked.add(name)
             headers[name] = encode_value(str(value))
         if record.key is not None and CE_PARTITION_KEY not in headers:
             headers[CE_PARTITION_KEY] = encode_value(record.key)
@@ -453,7 +467,8 @@ class NatsTransport(Transport):
                 details={"backend": "nats", "operation": "publish"},
             )
         for topic in dict.fromkeys(r.topic for r in records):
-            await self._declare_until(topic, deadline)
+            if self.stream_name(topic) not in self._streams:
+                await self._declare_until(topic, deadline)
         pending = list(range(len(items)))
         backoff = 0.05
         # Acks lost with a dying connection never come: stop waiting after a while and send again.
@@ -502,8 +517,9 @@ class NatsTransport(Transport):
             # One record (the common case): a plain request is cheaper than the async-ack machinery.
             subject, body, headers = items[indexes[0]]
             try:
+                # nats-py changes the headers only when given stream= or msg_ttl=: no copy needed.
                 await js.publish(
-                    subject, body, timeout=max(deadline - time.monotonic(), 0.001), headers=dict(headers)
+                    subject, body, timeout=max(deadline - time.monotonic(), 0.001), headers=headers
                 )
             except (self._errors.Error, OSError, TimeoutError) as exc:
                 self._refuse_permanent(exc, subject)
@@ -515,7 +531,7 @@ class NatsTransport(Transport):
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
                 for i in indexes:
                     subject, body, headers = items[i]
-                    futures.append(await js.publish_async(subject, body, headers=dict(headers)))
+                    futures.append(await js.publish_async(subject, body, headers=headers))
                 await asyncio.wait(futures)
         except (self._errors.Error, OSError, TimeoutError) as exc:
             self._refuse_permanent(exc, "")

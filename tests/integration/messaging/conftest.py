@@ -31,9 +31,9 @@ FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "redis": {"claim_idle": 1.0},
     "rabbitmq": {},
     "nats": {"ack_wait": 2.0},
-    # An idle fetch on the mock cluster waits the whole fetch.wait.max.ms: keep it short. (A short
-    # session_timeout too stalls the two-member group test on the mock: left at its default.)
-    "kafka": {"consumer_options": {"fetch.wait.max.ms": 10}},
+    # An idle fetch on the mock cluster waits the whole fetch.wait.max.ms: keep it short; a short
+    # session so that a member that left is noticed in seconds.
+    "kafka": {"consumer_options": {"fetch.wait.max.ms": 10}, "session_timeout": 2.0},
 }
 
 _URL_FIXTURES = {"redis": "redis_url", "rabbitmq": "rabbitmq_url", "nats": "nats_url", "kafka": "kafka_url"}

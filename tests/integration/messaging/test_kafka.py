@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from mainspring.errors import ConfigError, ServiceUnavailableError
+from mainspring.messaging import Broker
 from mainspring.messaging._factory import create_transport
 from mainspring.messaging._kafka_consumer import KafkaSubscription
 from mainspring.messaging._transport import ATTEMPT, NOT_BEFORE, Delivery, Record
@@ -235,6 +236,44 @@ async def test_acks_of_deliveries_from_before_a_rebalance_are_ignored(
     assert sum(committed(transport, kafka_url, "shipments", "g").values()) == len(sent)
 
 
+# A frozen loop never returns to Python for a signal: only the thread method can end the test.
+@pytest.mark.timeout(60, method="thread")
+async def test_commits_while_members_join_do_not_freeze_the_event_loop(make_transport: MakeTransport) -> None:
+    # A commit made on the loop used to block inside librdkafka while the consumer thread sat in a
+    # rebalance callback waiting for the subscription's lock: the event loop froze for good. Here
+    # members join one after another while the first acks (and commits) a steady flow.
+    brokers = [Broker(await make_transport(), fetch_timeout=0.5) for _ in range(3)]
+    handled: set[int] = set()
+    everything = asyncio.Event()
+    total = 300
+
+    async def handle(data: dict[str, int]) -> None:
+        handled.add(data["n"])
+        if len(handled) == total:
+            everything.set()
+
+    for broker in brokers:
+        broker.add_subscriber("events", handle, group="g")
+
+    async def publish() -> None:
+        for first in range(0, total, 10):
+            await brokers[0].publish_batch("events", [{"n": n} for n in range(first, first + 10)])
+            await asyncio.sleep(0.02)
+
+    try:
+        await brokers[0].start()
+        publisher = asyncio.create_task(publish())
+        for broker in brokers[1:]:
+            await asyncio.sleep(0.3)
+            await broker.start()
+        await publisher
+        await asyncio.wait_for(everything.wait(), 30)
+    finally:
+        for broker in brokers:
+            await broker.stop(drain_timeout=0)
+    assert handled == set(range(total))
+
+
 async def test_a_member_that_does_not_fetch_still_takes_part_in_rebalances(
     make_transport: MakeTransport, kafka_cluster: MockKafkaCluster
 ) -> None:
@@ -367,6 +406,22 @@ async def test_dead_letter_topic_is_kept_browsed_and_purged(make_transport: Make
 
 def bodies_of(records: list[Record]) -> list[bytes]:
     return [r.body for r in records]
+
+
+async def test_a_batch_publish_delivers_every_record_in_key_order(
+    make_transport: MakeTransport, kafka_cluster: MockKafkaCluster
+) -> None:
+    transport = await make_transport()
+    kafka_cluster.create_topic(transport.physical("bulk"), partitions=4)
+    subscription = await subscribe(transport, "bulk", "g")
+    await transport.publish([])  # nothing to confirm: returns at once
+    records = [Record("bulk", b"%d:%d" % (n % 7, n), {"n": str(n)}, key=str(n % 7)) for n in range(500)]
+    await transport.publish(records)
+    got = bodies(await fetch_until(subscription, 500, within=30))
+    assert sorted(got) == sorted(r.body for r in records)
+    for key in range(7):  # one delivery report per record, and per key in publish order
+        mine = [b for b in got if b.startswith(b"%d:" % key)]
+        assert mine == [r.body for r in records if r.key == str(key)]
 
 
 async def test_publish_fails_after_publish_timeout_while_brokers_are_down_and_nothing_is_lost(

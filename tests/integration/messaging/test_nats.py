@@ -215,6 +215,30 @@ async def test_a_record_above_max_payload_is_refused_and_nothing_of_the_batch_is
     assert await subscription.fetch(5, 0.2) == []
 
 
+async def test_a_header_name_nats_cannot_carry_is_refused_every_time(make_transport: Factory) -> None:
+    transport = await make_transport()
+    subscription = await transport.subscribe("orders", "g", prefetch=5)
+    await transport.publish([record("orders", "fine", **{"x-trace": "1"})])  # checked once, remembered
+    for _ in range(2):  # a refused name is not remembered as checked
+        for bad in ("Nats-Expected-Stream", "with space"):
+            with pytest.raises(BadRequestError, match="cannot travel on NATS"):
+                await transport.publish([Record("orders", b"bad", {CE_ID: uuid.uuid4().hex, bad: "v"})])
+    (delivery,) = await drain(subscription, 1)
+    assert delivery.record.headers["x-trace"] == "1"
+    assert await subscription.fetch(5, 0.2) == []
+
+
+async def test_publish_declares_the_stream_again_after_it_was_deleted(make_transport: Factory) -> None:
+    transport = await make_transport()
+    await transport.publish([record("orders", "first")])  # declares the stream and remembers it
+    await transport._jsm.delete_stream(transport.stream_name("orders"))
+    await transport.publish([record("orders", "second")])  # remembered, gone: NoStreamResponse, again
+    await transport.publish([record("orders", "third"), record("orders", "fourth")])
+    subscription = await transport.subscribe("orders", "g", prefetch=5)
+    got = await drain(subscription, 3)
+    assert [d.record.body for d in got] == [b"second", b"third", b"fourth"]
+
+
 async def test_a_new_group_starts_from_the_earliest_record(make_transport: Factory) -> None:
     transport = await make_transport()
     await transport.publish([record("orders", "before")])
