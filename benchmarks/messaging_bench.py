@@ -24,10 +24,12 @@ settings of the test kit. Payloads are ~200-byte JSON documents built per messag
    confluent-kafka ``Consumer.consume(100)`` in a thread.
 3. Outbox: a PostgreSQL database made for the run with the ``outbox``/``inbox`` tables from their
    metadata; rows inserted with asyncpg ``executemany``, then ``OutboxRelay.run_once`` until nothing
-   is pending, relaying to Redis and to RabbitMQ: rows per second and the ratio to that backend's
-   raw batched publish floor, measured right before each relay round with the same records (headers
-   and body) in batches of the relay's size, the median of the per-round ratios. Also ``Outbox.add``
-   per second (one row per transaction, against a Core ``INSERT`` of the same row; and 100 per transaction).
+   is pending (and, on a second row, the relay's own loop with ``concurrency=2``: one batch claimed
+   while another is published), relaying to Redis and to RabbitMQ: rows per second and the ratio to
+   that backend's raw batched publish floor, measured right before each relay round with the same
+   records (headers and body) in batches of the relay's size, the median of the per-round ratios.
+   Also ``Outbox.add`` per second (one row per transaction, against a Core ``INSERT`` of the same
+   row; and 100 per transaction).
 
 Variants take turns in a rotating order within each round; the tables show medians over rounds.
 Usage: ``python benchmarks/messaging_bench.py [--backends redis,rabbitmq,nats,kafka]
@@ -1293,68 +1295,92 @@ async def outbox_section(
                 )
             await conn.execute("TRUNCATE outbox")
             for backend, make in targets.items():
-                samples: list[float] = []
-                floors: list[float] = []
-                ratios: list[float] = []
-                for _round in range(max(1, min(sizes.rounds, 2))):
-                    broker, on_topic, floor = await make()
-                    topic = fresh_topic("outbox")
-                    try:
-                        if on_topic is not None:
-                            await on_topic(topic)
-                        await floor.prepare(topic)
-                        rows = []
-                        created = dt.datetime.now(dt.UTC)
-                        for seq in range(sizes.outbox):
-                            record = build_record(topic, Message(data=payload(seq)))
-                            rows.append(
-                                (
-                                    record.headers["ce_id"],
-                                    topic,
-                                    orjson.dumps(dict(record.headers)).decode(),
-                                    record.body,
-                                    created,
+                # concurrency 1: run_once until nothing is pending; 2: the relay's own loops.
+                for concurrency in (1, 2):
+                    samples: list[float] = []
+                    floors: list[float] = []
+                    ratios: list[float] = []
+                    for _round in range(max(1, min(sizes.rounds, 2))):
+                        broker, on_topic, floor = await make()
+                        topic = fresh_topic("outbox")
+                        try:
+                            if on_topic is not None:
+                                await on_topic(topic)
+                            await floor.prepare(topic)
+                            rows = []
+                            created = dt.datetime.now(dt.UTC)
+                            for seq in range(sizes.outbox):
+                                record = build_record(topic, Message(data=payload(seq)))
+                                rows.append(
+                                    (
+                                        record.headers["ce_id"],
+                                        topic,
+                                        orjson.dumps(dict(record.headers)).decode(),
+                                        record.body,
+                                        created,
+                                    )
                                 )
+                            await conn.executemany(
+                                "INSERT INTO outbox (message_id, topic, key, headers, body, created_at,"
+                                " attempts) VALUES ($1, $2, NULL, $3::jsonb, $4, $5, 0)",
+                                rows,
                             )
-                        await conn.executemany(
-                            "INSERT INTO outbox (message_id, topic, key, headers, body, created_at, attempts)"
-                            " VALUES ($1, $2, NULL, $3::jsonb, $4, $5, 0)",
-                            rows,
-                        )
-                        await conn.execute("ANALYZE outbox")
-                        # The paired floor: the same records (fresh ids) through the raw client.
-                        built = (build_record(topic, Message(data=payload(n))) for n in range(sizes.outbox))
-                        raw = [(dict(r.headers), r.body) for r in built]
-                        with PROFILER.around(f"outbox floor {backend}"):
-                            started = time.perf_counter()
-                            for first in range(0, len(raw), relay_batch):
-                                await floor.publish(topic, raw[first : first + relay_batch])
-                            floors.append(len(raw) / (time.perf_counter() - started))
-                        relay = OutboxRelay(db, broker, batch_size=relay_batch, listen=False)
-                        relayed = 0
-                        with PROFILER.around(f"outbox relay {backend}"):
-                            started = time.perf_counter()
-                            while True:
-                                done = await relay.run_once()
-                                if not done:
-                                    break
-                                relayed += done
-                            elapsed = time.perf_counter() - started
-                        if relayed != sizes.outbox:
-                            results.notes.append(
-                                f"outbox relay to {TITLES[backend]}: {relayed} of {sizes.outbox} rows relayed"
+                            await conn.execute("ANALYZE outbox")
+                            # The paired floor: the same records (fresh ids) through the raw client.
+                            built = (
+                                build_record(topic, Message(data=payload(n))) for n in range(sizes.outbox)
                             )
-                        samples.append(relayed / elapsed)
-                        ratios.append(samples[-1] / floors[-1])
-                    finally:
-                        await broker.stop(drain_timeout=0)
-                        await floor.close()
-                        await conn.execute("TRUNCATE outbox")
-                label = "" if relay_batch == 200 else f", batch_size={relay_batch}"
-                name = f"OutboxRelay{label} to {TITLES[backend]}"
-                results.outbox[name] = statistics.median(samples)
-                if ratios:
-                    results.outbox_floors[name] = (statistics.median(floors), statistics.median(ratios))
+                            raw = [(dict(r.headers), r.body) for r in built]
+                            with PROFILER.around(f"outbox floor {backend}"):
+                                started = time.perf_counter()
+                                for first in range(0, len(raw), relay_batch):
+                                    await floor.publish(topic, raw[first : first + relay_batch])
+                                floors.append(len(raw) / (time.perf_counter() - started))
+                            relay = OutboxRelay(
+                                db,
+                                broker,
+                                batch_size=relay_batch,
+                                listen=False,
+                                poll_interval=0.01,
+                                concurrency=concurrency,
+                            )
+                            relayed = 0
+                            with PROFILER.around(f"outbox relay {backend} x{concurrency}"):
+                                started = time.perf_counter()
+                                if concurrency == 1:
+                                    while True:
+                                        done = await relay.run_once()
+                                        if not done:
+                                            break
+                                        relayed += done
+                                else:
+                                    await relay.start()
+                                    try:
+                                        for _ in range(60_000):  # at most 60 s
+                                            if relay.stats.published >= sizes.outbox:
+                                                break
+                                            await asyncio.sleep(0.001)
+                                    finally:
+                                        await relay.stop()
+                                    relayed = relay.stats.published
+                                elapsed = time.perf_counter() - started
+                            if relayed != sizes.outbox:
+                                results.notes.append(
+                                    f"outbox relay to {TITLES[backend]}: {relayed} of {sizes.outbox} "
+                                    "rows relayed"
+                                )
+                            samples.append(relayed / elapsed)
+                            ratios.append(samples[-1] / floors[-1])
+                        finally:
+                            await broker.stop(drain_timeout=0)
+                            await floor.close()
+                            await conn.execute("TRUNCATE outbox")
+                    label = "" if relay_batch == 200 else f", batch_size={relay_batch}"
+                    label += "" if concurrency == 1 else f", concurrency={concurrency}"
+                    name = f"OutboxRelay{label} to {TITLES[backend]}"
+                    results.outbox[name] = statistics.median(samples)
+                    if ratios:
+                        results.outbox_floors[name] = (statistics.median(floors), statistics.median(ratios))
         finally:
             await conn.close()
         await db.drop_all(metadata)

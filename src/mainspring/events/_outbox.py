@@ -186,7 +186,10 @@ class OutboxRelay(AsyncLifecycle):
     """Publish pending outbox rows through ``broker`` (see the module docstring for the guarantees).
 
     The relay does not start or stop the broker; the service does. ``batch_size`` rows are claimed
-    per transaction; ``poll_interval`` is the fallback wake-up period. Published rows are deleted in
+    per transaction; ``poll_interval`` is the fallback wake-up period. ``concurrency`` batches are in
+    flight at once (one claiming while another publishes, as several relays would; ``SKIP LOCKED``
+    keeps them apart and the order per key holds): 2 overlaps the database and the broker round trips.
+    SQLite has no row locks to skip, so there it must be 1. Published rows are deleted in
     the transaction that publishes them; with ``retention`` > 0 they are marked published instead and
     deleted ``retention`` seconds later, checked every ``cleanup_interval`` seconds.
     """
@@ -202,8 +205,15 @@ class OutboxRelay(AsyncLifecycle):
         retention: float = 0.0,
         cleanup_interval: float = 60.0,
         channel: str = DEFAULT_CHANNEL,
+        concurrency: int = 1,
     ) -> None:
         """Configure the relay; nothing runs before :meth:`start`."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if concurrency > 1 and database.dialect == "sqlite":
+            raise ConfigError(
+                "an outbox relay on SQLite runs one batch at a time (no row locks to skip): concurrency=1"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
         for name, value in (("poll_interval", poll_interval), ("cleanup_interval", cleanup_interval)):
@@ -219,13 +229,14 @@ class OutboxRelay(AsyncLifecycle):
         self.retention = float(retention)
         self.cleanup_interval = float(cleanup_interval)
         self.channel = channel
+        self.concurrency = concurrency
         self.stats = OutboxRelayStats()
         # Pending rows read per round to find each key's oldest row: room for other relays' claims.
         self._claim = BatchClaim(
             database.dialect, batch_size=batch_size, window=batch_size * 4, mark=bool(retention)
         )
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._listener: AsyncConnection | None = None
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._last_cleanup = 0.0
@@ -311,13 +322,16 @@ class OutboxRelay(AsyncLifecycle):
     # -- the loop ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start listening (PostgreSQL) and the relay loop."""
-        if self._task is not None:
+        """Start listening (PostgreSQL) and the relay loops (``concurrency`` of them)."""
+        if self._tasks:
             return
         _local_waiters.setdefault(self.database, set()).add(self._wake)
         if self.listen and self.database.dialect == "postgresql":
             await self._start_listener()
-        self._task = asyncio.create_task(self._run(), name="mainspring-outbox-relay")
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"mainspring-outbox-relay-{n}")
+            for n in range(self.concurrency)
+        ]
 
     async def _start_listener(self) -> None:
         try:
@@ -335,10 +349,10 @@ class OutboxRelay(AsyncLifecycle):
 
     async def stop(self) -> None:
         """Stop the loop (a batch in flight is rolled back and published again later) and unlisten."""
-        task, self._task = self._task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         waiters = _local_waiters.get(self.database)
         if waiters is not None:
             waiters.discard(self._wake)

@@ -354,12 +354,24 @@ async def test_concurrent_relays_never_publish_a_claimed_row_twice(
                 ],
             )
     relays = [OutboxRelay(db, broker, batch_size=250) for _ in range(3)]
+    # And one relay running its own loop with two batches in flight at once.
+    looped = OutboxRelay(db, broker, batch_size=250, concurrency=2, listen=False, poll_interval=0.05)
+    relays.append(looped)
 
     async def drain(relay: OutboxRelay) -> None:
         while await relay.run_once():
             pass
 
-    await asyncio.gather(*(drain(r) for r in relays))
+    await looped.start()
+    try:
+        await asyncio.gather(*(drain(r) for r in relays[:3]))
+        for _ in range(600):  # the loop's last batches, within 30 s
+            if sum(r.stats.published for r in relays) >= total:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await looped.stop()
+    assert looped.stats.published > 0
     records = await broker.transport.browse("bulk", limit=total * 2)
     ids = [r.headers["ce_id"] for r in records]
     assert len(ids) == total

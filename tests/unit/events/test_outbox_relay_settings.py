@@ -36,3 +36,15 @@ def test_bad_settings_are_refused_with_the_option_named(
 ) -> None:
     with pytest.raises(ConfigError, match=option):
         OutboxRelay(*parts, **{option: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 1.5, True])
+def test_a_bad_relay_concurrency_is_refused(parts: tuple[Database, Broker], concurrency: object) -> None:
+    with pytest.raises(ConfigError, match="concurrency"):
+        OutboxRelay(*parts, concurrency=concurrency)  # type: ignore[arg-type]
+
+
+def test_sqlite_relays_one_batch_at_a_time(parts: tuple[Database, Broker]) -> None:
+    with pytest.raises(ConfigError, match="SQLite"):
+        OutboxRelay(*parts, concurrency=2)
+    assert OutboxRelay(*parts, concurrency=1).concurrency == 1
