@@ -120,6 +120,20 @@ class TopicKeys:
         return f"{self.retry(group)}:delayed"
 
 
+def pack_xadd(key: bytes, fields: Mapping[bytes, bytes], trim: bytes | None) -> bytes:
+    """Return ``XADD key [MAXLEN ~ trim] * field value ...`` in the Redis protocol (RESP)."""
+    head = (
+        b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n" % (3 + 2 * len(fields), len(key), key)
+        if trim is None
+        else b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$%d\r\n%s\r\n"
+        % (6 + 2 * len(fields), len(key), key, len(trim), trim)
+    )
+    parts = [head, b"$1\r\n*\r\n"]
+    for name, value in fields.items():
+        parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(name), name, len(value), value))
+    return b"".join(parts)
+
+
 def entry_fields(record: Record, headers: Mapping[str, str] | None = None) -> dict[bytes, bytes]:
     """Return the stream entry fields of ``record`` (with ``headers`` instead of its own, if given)."""
     body = record.body

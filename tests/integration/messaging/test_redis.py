@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
-from mainspring.errors import BadRequestError, ConfigError, ServiceUnavailableError
+from mainspring.errors import BadRequestError, ConfigError, ConflictError, ServiceUnavailableError
 from mainspring.messaging import Broker
 from mainspring.messaging._factory import create_transport
 from mainspring.messaging._transport import ATTEMPT, Delivery, Record
@@ -627,3 +627,16 @@ async def test_bad_arguments_are_refused(make_transport: MakeTransport) -> None:
         await transport.subscribe("orders", "", prefetch=1)
     with pytest.raises(BadRequestError, match="limit"):
         await transport.browse("orders", limit=0)
+
+
+async def test_a_refused_xadd_in_a_batch_is_reported_and_the_others_land(
+    make_transport: MakeTransport, admin: Any
+) -> None:
+    transport = await make_transport()
+    await admin.set("ms:{broken}", "not a stream")  # XADD to it: WRONGTYPE
+    batch = [*records("fine", 2), Record("broken", b"x"), *records("fine", 2)]
+    with pytest.raises(ConflictError, match="holds another type"):
+        await transport.publish(batch)
+    assert await admin.xlen("ms:{fine}") == 4  # the other records of the batch, each once
+    await transport.publish(records("fine", 1))  # the connection is still in step
+    assert await admin.xlen("ms:{fine}") == 5
