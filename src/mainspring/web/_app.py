@@ -10,9 +10,9 @@ does per request what every service needs:
   once with the correlation id;
 * metrics: ``http_requests_total`` and ``http_request_duration_seconds`` by method, route template
   (never the raw path) and status;
-* an access log: one structured line per request, sampled (errors always logged).
-
-Security headers come from :class:`mainspring.security.fastapi.SecurityHeadersMiddleware`.
+* an access log: one structured line per request, sampled (errors always logged);
+* response headers: the security headers (``DEFAULT_SECURITY_HEADERS`` of
+  :mod:`mainspring.security.fastapi`) on every response that does not set them itself.
 """
 
 from __future__ import annotations
