@@ -1,4 +1,5 @@
-"""UUID version 7 (RFC 9562) for the whole library: row ids (:mod:`mainspring.db`) and message ids.
+"""The library's ids: UUID version 7 (RFC 9562) for rows (:mod:`mainspring.db`) and messages, and
+random 128-bit request and correlation ids (:mod:`mainspring.context`).
 
 Layout (section 5.7): unix_ts_ms (48) | ver (4) = 0b0111 | rand_a (12) | var (2) = 0b10 | rand_b (62).
 The 12 bits of rand_a and the top 30 bits of rand_b form a 42-bit counter ("method 1", section 6.2):
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 
-__all__ = ["uuid7", "uuid7_int", "uuid7_str"]
+__all__ = ["random_hex128", "uuid7", "uuid7_int", "uuid7_str"]
 
 _COUNTER_BITS = 42
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
@@ -30,24 +31,27 @@ _VARIANT_RFC = 0b10 << 62
 
 
 class _State:
-    """The last timestamp and counter handed out; guarded by a lock, reseeded in a forked child."""
+    """The last timestamp and counter handed out; guarded by a lock, made anew in a forked child."""
 
-    __slots__ = ("counter", "last_ms", "lock", "random")
+    __slots__ = ("counter", "last_ms", "lock")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.last_ms = -1
         self.counter = 0
-        self.random = random.Random()
 
 
 _state = _State()
+# The random bits of every id the library makes. A private instance: an application's random.seed()
+# cannot touch it.
+_random = random.Random()
 
 
 def _reset_after_fork() -> None:
     # A forked child must not continue the parent's counter or random sequence: both would repeat ids.
     global _state
     _state = _State()
+    _random.seed()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -57,7 +61,7 @@ def uuid7_int() -> int:
     """Return a new version-7 UUID as its 128-bit integer."""
     state = _state
     with state.lock:
-        rand = state.random.getrandbits(_COUNTER_BITS + _RANDOM_BITS)
+        rand = _random.getrandbits(_COUNTER_BITS + _RANDOM_BITS)
         now_ms = time.time_ns() // 1_000_000
         if now_ms > state.last_ms:
             state.last_ms = now_ms
@@ -75,6 +79,11 @@ def uuid7_int() -> int:
     rand_a = counter >> 30
     rand_b = ((counter & ((1 << 30) - 1)) << _RANDOM_BITS) | tail
     return ((ts_ms & 0xFFFF_FFFF_FFFF) << 80) | _VERSION_7 | (rand_a << 64) | _VARIANT_RFC | rand_b
+
+
+def random_hex128() -> str:
+    """Return 128 random bits as 32 lowercase hex digits (request and correlation ids)."""
+    return f"{_random.getrandbits(128):032x}"
 
 
 def uuid7() -> uuid.UUID:

@@ -12,14 +12,14 @@ logger, on every record) pays one lookup, and binding is copy-on-write.
 from __future__ import annotations
 
 import contextvars
-import os
-import random
 import re
 import secrets
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from mainspring._ids import random_hex128
 
 __all__ = [
     "CAUSATION_ID_HEADER",
@@ -181,21 +181,14 @@ def reset_context(token: contextvars.Token[RequestContext]) -> None:
     _current.reset(token)
 
 
-# Ids only need to be unique, not unpredictable: 128 bits from a generator seeded from the OS (and
-# reseeded in a forked child, so workers never share a sequence) cost a tenth of a uuid4, which makes
-# a system call for every id. A private instance: an application's random.seed() cannot touch it.
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
-
-
 def new_correlation_id() -> str:
     """Return a fresh correlation id (32 lowercase hex digits, 128 random bits)."""
-    return f"{_ids.getrandbits(128):032x}"
+    return random_hex128()
 
 
 def new_request_id() -> str:
     """Return a fresh request id (32 lowercase hex digits, 128 random bits)."""
-    return f"{_ids.getrandbits(128):032x}"
+    return random_hex128()
 
 
 def _valid_id(value: str | None) -> str | None:
