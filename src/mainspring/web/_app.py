@@ -125,12 +125,14 @@ class RequestMiddleware:
                     propagated = {}
                 propagated[name.decode("latin-1").lower()] = value.decode("latin-1")
         if propagated is None:  # most requests: nothing to continue, two fresh ids
-            context = RequestContext(correlation_id=new_correlation_id(), request_id=new_request_id())
+            correlation, request_id = new_correlation_id(), new_request_id()
+            context = RequestContext(correlation_id=correlation, request_id=request_id)
         else:
             values = extract(propagated)
+            correlation, request_id = values["correlation_id"], values["request_id"]
             context = RequestContext(
-                correlation_id=values["correlation_id"],
-                request_id=values["request_id"],
+                correlation_id=correlation,
+                request_id=request_id,
                 causation_id=values.get("causation_id"),
                 trace_id=values.get("trace_id"),
                 span_id=values.get("span_id"),
@@ -138,10 +140,7 @@ class RequestMiddleware:
                 tracestate=values.get("tracestate"),
             )
         token = set_context(context)
-        ids = [
-            (_CORRELATION, context.correlation_id.encode("latin-1")),  # type: ignore[union-attr]
-            (_REQUEST, context.request_id.encode("latin-1")),  # type: ignore[union-attr]
-        ]
+        ids = [(_CORRELATION, correlation.encode("latin-1")), (_REQUEST, request_id.encode("latin-1"))]
         extra = self._headers
         extra_names = self._header_names
         status = 500
